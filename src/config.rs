@@ -1,0 +1,739 @@
+//! Configuration: the YAML file format, and the validated [`Config`] the server runs on.
+//!
+//! Two layers, as river does: `File*` structs mirror the YAML (serde, `deny_unknown_fields`),
+//! and [`Config::from_yaml`] turns them into checked runtime values. That conversion is the one
+//! place errors are found, and it collects all of them (each naming its key) instead of
+//! stopping at the first, so `devicegate --check` shows an operator everything at once.
+//!
+//! `${NAME}` in any string value is replaced by the environment variable `NAME` (for secrets);
+//! an unset variable is an error naming the key. `$${` writes a literal `${`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_norway::Value;
+use url::Url;
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `clients[1].client_id`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// ---------------------------------------------------------------------------------------------
+// The file format.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    address: String,
+    issuer: String,
+    #[serde(default)]
+    tls: bool,
+    /// Seconds for connecting to and hearing from the IdP (back channel and pass-through).
+    #[serde(default = "default_upstream_timeout")]
+    timeout: u64,
+}
+
+fn default_upstream_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileDevice {
+    authorization_path: String,
+    verification_path: String,
+    callback_path: String,
+    expires_in: u64,
+    interval: u64,
+}
+
+impl Default for FileDevice {
+    fn default() -> Self {
+        Self {
+            authorization_path: "/device/code".into(),
+            verification_path: "/device".into(),
+            callback_path: "/device/callback".into(),
+            expires_in: 600,
+            interval: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileStore {
+    backend: String,
+    max_pending: u64,
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        Self {
+            backend: "memory".into(),
+            max_pending: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClient {
+    client_id: String,
+    name: Option<String>,
+    client_secret: Option<String>,
+    #[serde(default = "default_scopes")]
+    allowed_scopes: Vec<String>,
+    #[serde(default = "default_true")]
+    enabled: bool,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileServer {
+    threads: usize,
+    grace_period_seconds: u64,
+    graceful_shutdown_timeout_seconds: u64,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+        }
+    }
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "upstream",
+    "device",
+    "store",
+    "clients",
+    "server",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The runtime configuration.
+
+/// A secret string (client secret, password): never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where and how to reach the IdP.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The `address` as written (`host:port`).
+    pub address: String,
+    /// `address` resolved once at start-up.
+    pub addr: SocketAddr,
+    /// The IdP's issuer identifier, without a trailing slash.
+    pub issuer: Url,
+    pub tls: bool,
+    /// Host of the issuer: the TLS SNI, and the `Host` of back-channel requests.
+    pub sni: String,
+    pub timeout: Duration,
+}
+
+/// Device-flow settings.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub authorization_path: String,
+    pub verification_path: String,
+    pub callback_path: String,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// Grant storage backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub backend: Backend,
+    pub max_pending: u64,
+}
+
+/// A device client, registered at the IdP with the same `client_id`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    /// Display name on the consent page.
+    pub name: String,
+    /// Used to authenticate the upstream code exchange.
+    pub client_secret: Option<Secret>,
+    pub allowed_scopes: Vec<String>,
+    pub enabled: bool,
+}
+
+/// Process settings handed to Pingora.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub threads: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Origin devices and browsers use, without a trailing slash.
+    pub public_url: Url,
+    pub upstream: Upstream,
+    pub device: Device,
+    pub store: StoreConfig,
+    pub clients: BTreeMap<String, Client>,
+    pub server: Server,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: path.display().to_string(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Self::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Validates a configuration text; `env` looks up `${NAME}` variables.
+    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut errs = Errors::default();
+        let mut root: Value = match serde_norway::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                errs.push("(file)", format!("not valid YAML: {e}"));
+                return Err(ConfigErrors(errs.0));
+            }
+        };
+        expand_env(&mut root, "", env, &mut errs);
+        let Value::Mapping(map) = &root else {
+            errs.push("(file)", "must be a mapping of keys such as `listen` and `upstream`");
+            return Err(ConfigErrors(errs.0));
+        };
+        for k in map.keys() {
+            let name = k.as_str().unwrap_or("?");
+            if !TOP_LEVEL_KEYS.contains(&name) {
+                errs.push(
+                    name,
+                    format!("unknown key, expected one of: {}", TOP_LEVEL_KEYS.join(", ")),
+                );
+            }
+        }
+        let get = |k: &str| map.get(k).cloned();
+
+        let listen = match section::<String>(&mut errs, "listen", get("listen")) {
+            Some(s) => parse_socket_addr(&mut errs, "listen", &s, false),
+            None => None,
+        };
+        let public_url = section::<String>(&mut errs, "public_url", get("public_url"))
+            .and_then(|s| parse_origin(&mut errs, "public_url", &s));
+        let upstream = section::<FileUpstream>(&mut errs, "upstream", get("upstream"))
+            .and_then(|u| validate_upstream(&mut errs, u));
+        let device = section_or_default::<FileDevice>(&mut errs, "device", get("device"))
+            .and_then(|d| validate_device(&mut errs, d));
+        let store = section_or_default::<FileStore>(&mut errs, "store", get("store"))
+            .and_then(|s| validate_store(&mut errs, s));
+        let server = section_or_default::<FileServer>(&mut errs, "server", get("server"))
+            .and_then(|s| validate_server(&mut errs, s));
+        let clients = validate_clients(&mut errs, get("clients"));
+
+        match (listen, public_url, upstream, device, store, server) {
+            (Some(listen), Some(public_url), Some(upstream), Some(device), Some(store), Some(server))
+                if errs.0.is_empty() =>
+            {
+                Ok(Config {
+                    listen,
+                    public_url,
+                    upstream,
+                    device,
+                    store,
+                    clients,
+                    server,
+                })
+            }
+            _ => Err(ConfigErrors(errs.0)),
+        }
+    }
+
+    /// `public_url` joined with an absolute path.
+    pub fn public(&self, path: &str) -> String {
+        format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+fn section<T: DeserializeOwned>(errs: &mut Errors, key: &str, v: Option<Value>) -> Option<T> {
+    match v {
+        None | Some(Value::Null) => {
+            errs.push(key, "is required");
+            None
+        }
+        Some(v) => deserialize(errs, key, v),
+    }
+}
+
+fn section_or_default<T: DeserializeOwned + Default>(
+    errs: &mut Errors,
+    key: &str,
+    v: Option<Value>,
+) -> Option<T> {
+    match v {
+        None | Some(Value::Null) => Some(T::default()),
+        Some(v) => deserialize(errs, key, v),
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(errs: &mut Errors, key: &str, v: Value) -> Option<T> {
+    match serde_norway::from_value::<T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errs.push(key, e.to_string());
+            None
+        }
+    }
+}
+
+/// Replaces `${NAME}` in every string scalar; unset variables are errors naming the key.
+fn expand_env(v: &mut Value, path: &str, env: &dyn Fn(&str) -> Option<String>, errs: &mut Errors) {
+    match v {
+        Value::String(s) if s.contains('$') => match expand_str(s, env) {
+            Ok(x) => *s = x,
+            Err(m) => errs.push(path, m),
+        },
+        Value::Mapping(m) => {
+            for (k, val) in m.iter_mut() {
+                let name = k.as_str().unwrap_or("?");
+                let p = if path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{path}.{name}")
+                };
+                expand_env(val, &p, env, errs);
+            }
+        }
+        Value::Sequence(seq) => {
+            for (i, val) in seq.iter_mut().enumerate() {
+                expand_env(val, &format!("{path}[{i}]"), env, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if let Some(r) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = r;
+        } else if let Some(r) = after.strip_prefix("${") {
+            let end = r
+                .find('}')
+                .ok_or_else(|| "`${` without a closing `}`".to_string())?;
+            let name = &r[..end];
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+            }
+            match env(name) {
+                Some(val) => out.push_str(&val),
+                None => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn parse_socket_addr(errs: &mut Errors, key: &str, s: &str, resolve: bool) -> Option<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let has_port = s
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !has_port {
+        errs.push(key, format!("'{s}' is not an address of the form host:port"));
+        return None;
+    }
+    if !resolve {
+        errs.push(key, format!("'{s}' is not an IP address and port, e.g. 127.0.0.1:8080"));
+        return None;
+    }
+    match s.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(a)) => Some(a),
+        _ => {
+            errs.push(key, format!("cannot resolve '{s}'"));
+            None
+        }
+    }
+}
+
+/// An http(s) URL with a host, no query or fragment; the trailing slash removed.
+fn parse_origin(errs: &mut Errors, key: &str, s: &str) -> Option<Url> {
+    let url = match Url::parse(s) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(key, format!("'{s}' is not a URL with a scheme, e.g. https://id.example.com ({e})"));
+            return None;
+        }
+    };
+    if url.scheme() != "http" && url.scheme() != "https" {
+        errs.push(key, format!("scheme must be http or https, not '{}'", url.scheme()));
+        return None;
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        errs.push(key, "must have a host");
+        return None;
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        errs.push(key, "must not have a query, fragment or user name");
+        return None;
+    }
+    let trimmed = s.trim_end_matches('/');
+    Url::parse(trimmed).ok()
+}
+
+fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Upstream> {
+    let addr = parse_socket_addr(errs, "upstream.address", &u.address, true);
+    let issuer = parse_origin(errs, "upstream.issuer", &u.issuer);
+    if u.timeout == 0 || u.timeout > 300 {
+        errs.push("upstream.timeout", "must be between 1 and 300 seconds");
+    }
+    let (addr, issuer) = (addr?, issuer?);
+    let sni = issuer.host_str().unwrap_or_default().to_string();
+    Some(Upstream {
+        address: u.address,
+        addr,
+        issuer,
+        tls: u.tls,
+        sni,
+        timeout: Duration::from_secs(u.timeout),
+    })
+}
+
+fn validate_path(errs: &mut Errors, key: &str, p: &str) {
+    let ok = p.starts_with('/')
+        && p.len() > 1
+        && !p.contains(['?', '#', '%', ' '])
+        && !p.split('/').any(|seg| seg == "." || seg == "..")
+        && !p.ends_with('/');
+    if !ok {
+        errs.push(
+            key,
+            format!("'{p}' must be an absolute path like /device/code, without a trailing slash, query, dot segments or escapes"),
+        );
+    }
+}
+
+fn validate_device(errs: &mut Errors, d: FileDevice) -> Option<Device> {
+    let before = errs.0.len();
+    validate_path(errs, "device.authorization_path", &d.authorization_path);
+    validate_path(errs, "device.verification_path", &d.verification_path);
+    validate_path(errs, "device.callback_path", &d.callback_path);
+    let paths = [&d.authorization_path, &d.verification_path, &d.callback_path];
+    if paths.iter().collect::<HashSet<_>>().len() != paths.len() {
+        errs.push("device", "authorization_path, verification_path and callback_path must differ");
+    }
+    if !(60..=86_400).contains(&d.expires_in) {
+        errs.push("device.expires_in", "must be between 60 and 86400 seconds");
+    }
+    if !(1..=60).contains(&d.interval) {
+        errs.push("device.interval", "must be between 1 and 60 seconds");
+    }
+    (errs.0.len() == before).then_some(Device {
+        authorization_path: d.authorization_path,
+        verification_path: d.verification_path,
+        callback_path: d.callback_path,
+        expires_in: d.expires_in,
+        interval: d.interval,
+    })
+}
+
+fn validate_store(errs: &mut Errors, s: FileStore) -> Option<StoreConfig> {
+    let backend = match s.backend.as_str() {
+        "memory" => Some(Backend::Memory),
+        other => {
+            errs.push("store.backend", format!("unknown backend '{other}', expected: memory"));
+            None
+        }
+    };
+    if s.max_pending == 0 {
+        errs.push("store.max_pending", "must be at least 1");
+        return None;
+    }
+    Some(StoreConfig {
+        backend: backend?,
+        max_pending: s.max_pending,
+    })
+}
+
+fn validate_server(errs: &mut Errors, s: FileServer) -> Option<Server> {
+    if !(1..=256).contains(&s.threads) {
+        errs.push("server.threads", "must be between 1 and 256");
+        return None;
+    }
+    Some(Server {
+        threads: s.threads,
+        grace_period_seconds: s.grace_period_seconds,
+        graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
+    })
+}
+
+fn validate_clients(errs: &mut Errors, v: Option<Value>) -> BTreeMap<String, Client> {
+    let mut out = BTreeMap::new();
+    let list = match v {
+        Some(Value::Sequence(list)) if !list.is_empty() => list,
+        None | Some(Value::Null) | Some(Value::Sequence(_)) => {
+            errs.push("clients", "at least one client is required");
+            return out;
+        }
+        Some(_) => {
+            errs.push("clients", "must be a list of clients");
+            return out;
+        }
+    };
+    for (i, item) in list.into_iter().enumerate() {
+        let key = format!("clients[{i}]");
+        let Some(c) = deserialize::<FileClient>(errs, &key, item) else {
+            continue;
+        };
+        let id_ok = !c.client_id.is_empty()
+            && c.client_id.len() <= 255
+            && c.client_id.chars().all(|ch| ch.is_ascii_graphic());
+        if !id_ok {
+            errs.push(&format!("{key}.client_id"), "must be 1 to 255 printable ASCII characters without spaces");
+            continue;
+        }
+        if c.allowed_scopes.is_empty()
+            || c
+                .allowed_scopes
+                .iter()
+                .any(|s| s.is_empty() || !s.chars().all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\\'))
+        {
+            errs.push(
+                &format!("{key}.allowed_scopes"),
+                "must list at least one scope; scopes are printable ASCII without spaces, quotes or backslashes",
+            );
+        }
+        if c.client_secret.as_deref() == Some("") {
+            errs.push(&format!("{key}.client_secret"), "is empty: remove it for a public client");
+        }
+        if out.contains_key(&c.client_id) {
+            errs.push(&format!("{key}.client_id"), format!("duplicate client id '{}'", c.client_id));
+            continue;
+        }
+        out.insert(
+            c.client_id.clone(),
+            Client {
+                name: c.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| c.client_id.clone()),
+                client_id: c.client_id,
+                client_secret: c.client_secret.filter(|s| !s.is_empty()).map(Secret),
+                allowed_scopes: c.allowed_scopes,
+                enabled: c.enabled,
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+public_url: http://localhost:8080/
+upstream:
+  address: 127.0.0.1:3000
+  issuer: http://localhost:8080
+clients:
+  - client_id: tv-app
+    name: Living-room TV
+    client_secret: ${TV_APP_SECRET}
+    allowed_scopes: [openid, profile]
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "TV_APP_SECRET").then(|| "s3cret".to_string())
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match Config::from_yaml(yaml, &env) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn good_config_with_defaults() {
+        let c = Config::from_yaml(GOOD, &env).unwrap();
+        assert_eq!(c.public_url.as_str(), "http://localhost:8080/");
+        assert_eq!(c.public("/device"), "http://localhost:8080/device");
+        assert_eq!(c.device.verification_path, "/device");
+        assert_eq!(c.device.interval, 5);
+        assert_eq!(c.store.max_pending, 100_000);
+        let tv = &c.clients["tv-app"];
+        assert_eq!(tv.client_secret.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(tv.enabled);
+        // The secret never shows in debug output.
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let yaml = r#"
+listen: nowhere
+public_url: localhost:8080
+upstream:
+  address: 127.0.0.1
+  issuer: http://localhost:8080
+  colour: blue
+device:
+  expires_in: 5
+store:
+  backend: etcd
+clients:
+  - client_id: a
+  - client_id: a
+  - client_id: b
+    client_secret: ${MISSING_SECRET}
+extra: 1
+"#;
+        let errs = errors(yaml);
+        let has = |key: &str, text: &str| {
+            assert!(
+                errs.iter().any(|e| e.starts_with(key) && e.contains(text)),
+                "no error for {key} containing '{text}' in {errs:#?}"
+            )
+        };
+        has("listen", "host:port");
+        has("public_url", "scheme");
+        has("upstream", "unknown field `colour`");
+        has("device.expires_in", "between 60");
+        has("store.backend", "etcd");
+        has("clients[1].client_id", "duplicate");
+        has("clients[2].client_secret", "MISSING_SECRET is not set");
+        has("extra", "unknown key");
+    }
+
+    #[test]
+    fn bad_addresses_and_paths() {
+        let errs = errors(&GOOD.replace("127.0.0.1:3000", "127.0.0.1:99999"));
+        assert!(errs.iter().any(|e| e.starts_with("upstream.address")), "{errs:?}");
+        let yaml = format!("{GOOD}device:\n  authorization_path: device/code\n  callback_path: /device\n");
+        let errs = errors(&yaml);
+        assert!(errs.iter().any(|e| e.starts_with("device.authorization_path")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("must differ")), "{errs:?}");
+        let errs = errors(&GOOD.replace("http://localhost:8080/", "ftp://localhost"));
+        assert!(errs.iter().any(|e| e.starts_with("public_url")), "{errs:?}");
+        assert!(errors("[1, 2]").iter().any(|e| e.contains("mapping")));
+        assert!(errors("listen: [").iter().any(|e| e.contains("YAML")));
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = |n: &str| (n == "A").then(|| "x".to_string());
+        assert_eq!(expand_str("a${A}b", &env).unwrap(), "axb");
+        assert_eq!(expand_str("$${A} $5", &env).unwrap(), "${A} $5");
+        assert!(expand_str("${B}", &env).unwrap_err().contains("B is not set"));
+        assert!(expand_str("${A", &env).is_err());
+        assert!(expand_str("${1A}", &env).is_err());
+    }
+
+    #[test]
+    fn shipped_configs_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                // Shipped examples take secrets from the environment: give every variable a value.
+                if let Err(e) = Config::from_yaml(&text, &|_| Some("example-secret".into())) {
+                    panic!("{} does not validate:\n{e}", path.display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no config files found in {}", dir.display());
+    }
+}

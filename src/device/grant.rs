@@ -1,0 +1,381 @@
+//! The grant state machine (RFC 8628 §3.4, §3.5).
+//!
+//! ```text
+//!             approve (browser)          callback ok             poll
+//!  Pending ──────────────────▶ Authorizing ─────────▶ Approved ───────▶ Delivered
+//!     │ ▲                          │  │ transient failure: back to Pending
+//!     │ └──────────────────────────┘  │
+//!     │ deny           deny / IdP error│
+//!     └──────────────▶ Denied ◀────────┘
+//! ```
+//!
+//! Every transition takes `now` (seconds since the Unix epoch) as a parameter; nothing here reads
+//! a clock, so expiry and `slow_down` are tested with plain numbers.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::error::OAuthError;
+
+/// The token response of the upstream IdP, kept as its JSON object so the device gets every
+/// field the IdP sent.
+pub type TokenSet = Map<String, Value>;
+
+/// One pending device authorization.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grant {
+    /// Random id: names the grant in the upstream `state` and in logs (never the device code).
+    pub id: String,
+    /// SHA-256 (hex) of the device code: the code itself is never stored.
+    pub device_code_hash: String,
+    /// Canonical user code (8 letters, no dash).
+    pub user_code: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    /// Where the device request came from, shown on the consent page.
+    pub requester_ip: Option<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    /// Current minimum polling interval in seconds; grows by 5 with every `slow_down`.
+    pub interval: u64,
+    pub last_poll: Option<u64>,
+    pub status: Status,
+}
+
+/// Where a grant stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting for the user.
+    Pending,
+    /// The user approved on the verification page and was sent to the IdP's login.
+    Authorizing(Login),
+    /// The IdP returned tokens; the next poll takes them.
+    Approved {
+        tokens: TokenSet,
+        approved_at: u64,
+        subject: Option<String>,
+    },
+    /// The user or the IdP refused. `reason` goes to the device as `error_description`.
+    Denied { reason: String },
+    /// Tokens were handed out: any later poll is `invalid_grant` (single use).
+    Delivered,
+}
+
+/// The secrets of one upstream login attempt, bound to the grant.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct Login {
+    /// Random part of the upstream `state` (the state is `{grant id}.{secret}`).
+    pub state_secret: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    /// SHA-256 of the browser session cookie that started the login: a callback URL replayed
+    /// in another browser cannot approve this device.
+    pub browser_binding: String,
+    pub started_at: u64,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("started_at", &self.started_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the browser side cannot act on a grant; each becomes its own page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `expires_in` has passed.
+    Expired,
+    /// Already approved or delivered.
+    AlreadyUsed,
+    /// Already denied.
+    AlreadyDenied,
+    /// The `state` or the browser does not match the login in progress (replay, forgery, or a
+    /// second login started since).
+    LoginMismatch,
+}
+
+impl Grant {
+    /// True once `expires_in` has passed.
+    pub fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    /// The device's poll (§3.4, §3.5). Terminal answers (tokens, denial, expiry, reuse) come
+    /// before the rate check: `slow_down` only ever means "still pending, poll slower".
+    pub fn poll(&mut self, client_id: &str, now: u64) -> Result<TokenSet, OAuthError> {
+        // A device code presented by another client is treated as unknown, and changes nothing.
+        if client_id != self.client_id {
+            return Err(OAuthError::InvalidGrant(
+                "the device code was not issued to this client".into(),
+            ));
+        }
+        match &self.status {
+            Status::Delivered => {
+                // Single use (§3.5, RFC 6749 §4.1.2): a replayed device code gets nothing.
+                return Err(OAuthError::InvalidGrant("the device code was already used".into()));
+            }
+            Status::Denied { reason } => return Err(OAuthError::AccessDenied(reason.clone())),
+            _ if self.is_expired(now) => return Err(OAuthError::ExpiredToken),
+            Status::Approved { .. } => {
+                let Status::Approved {
+                    mut tokens,
+                    approved_at,
+                    ..
+                } = std::mem::replace(&mut self.status, Status::Delivered)
+                else {
+                    return Err(OAuthError::ServerError("grant state changed".into()));
+                };
+                self.last_poll = Some(now);
+                // The tokens aged while the device waited for its next poll.
+                if let Some(exp) = tokens.get("expires_in").and_then(Value::as_u64) {
+                    let waited = now.saturating_sub(approved_at);
+                    tokens.insert("expires_in".into(), exp.saturating_sub(waited).into());
+                }
+                return Ok(tokens);
+            }
+            Status::Pending | Status::Authorizing(_) => {}
+        }
+        if let Some(last) = self.last_poll {
+            if now.saturating_sub(last) < self.interval {
+                // §3.5: the interval grows by 5 s for this and all later requests, and the clock
+                // restarts, so a client that obeys is never told to slow down again.
+                self.interval += 5;
+                self.last_poll = Some(now);
+                return Err(OAuthError::SlowDown {
+                    interval: self.interval,
+                });
+            }
+        }
+        self.last_poll = Some(now);
+        Err(OAuthError::AuthorizationPending)
+    }
+
+    /// Whether the browser may still approve or deny this grant.
+    pub fn check_actionable(&self, now: u64) -> Result<(), Refusal> {
+        match self.status {
+            Status::Approved { .. } | Status::Delivered => Err(Refusal::AlreadyUsed),
+            Status::Denied { .. } => Err(Refusal::AlreadyDenied),
+            _ if self.is_expired(now) => Err(Refusal::Expired),
+            Status::Pending | Status::Authorizing(_) => Ok(()),
+        }
+    }
+
+    /// The user pressed Approve: remember the login secrets. A second Approve (another tab)
+    /// replaces the first login, whose callback then fails as a mismatch.
+    pub fn begin_login(&mut self, login: Login, now: u64) -> Result<(), Refusal> {
+        self.check_actionable(now)?;
+        self.status = Status::Authorizing(login);
+        Ok(())
+    }
+
+    /// The user pressed Deny (or "I did not start this").
+    pub fn deny(&mut self, reason: &str, now: u64) -> Result<(), Refusal> {
+        self.check_actionable(now)?;
+        self.status = Status::Denied {
+            reason: reason.to_string(),
+        };
+        Ok(())
+    }
+
+    /// Checks that a callback belongs to the login in progress: same state secret, same browser.
+    /// Comparisons are constant-time: both values are secrets an attacker might probe.
+    pub fn check_login(&self, state_secret: &str, browser_binding: &str) -> Result<(), Refusal> {
+        match &self.status {
+            Status::Authorizing(login) => {
+                let state_ok = login.state_secret.as_bytes().ct_eq(state_secret.as_bytes());
+                let browser_ok = login
+                    .browser_binding
+                    .as_bytes()
+                    .ct_eq(browser_binding.as_bytes());
+                if bool::from(state_ok & browser_ok) {
+                    Ok(())
+                } else {
+                    Err(Refusal::LoginMismatch)
+                }
+            }
+            Status::Approved { .. } | Status::Delivered => Err(Refusal::AlreadyUsed),
+            Status::Denied { .. } => Err(Refusal::AlreadyDenied),
+            Status::Pending => Err(Refusal::LoginMismatch),
+        }
+    }
+
+    /// The IdP returned valid tokens for the login in progress.
+    pub fn approve(
+        &mut self,
+        state_secret: &str,
+        browser_binding: &str,
+        tokens: TokenSet,
+        subject: Option<String>,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        self.check_login(state_secret, browser_binding)?;
+        if self.is_expired(now) {
+            return Err(Refusal::Expired);
+        }
+        self.status = Status::Approved {
+            tokens,
+            approved_at: now,
+            subject,
+        };
+        Ok(())
+    }
+
+    /// The login in progress ended without tokens. `retryable` (the IdP was unreachable) puts
+    /// the grant back to Pending so the user can try again; otherwise the device is told
+    /// `access_denied` with `reason`.
+    pub fn fail_login(
+        &mut self,
+        state_secret: &str,
+        browser_binding: &str,
+        reason: &str,
+        retryable: bool,
+    ) -> Result<(), Refusal> {
+        self.check_login(state_secret, browser_binding)?;
+        self.status = if retryable {
+            Status::Pending
+        } else {
+            Status::Denied {
+                reason: reason.to_string(),
+            }
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn grant(now: u64) -> Grant {
+        Grant {
+            id: "g1".into(),
+            device_code_hash: "h".into(),
+            user_code: "BCDFGHJK".into(),
+            client_id: "tv".into(),
+            scopes: vec!["openid".into()],
+            requester_ip: None,
+            created_at: now,
+            expires_at: now + 600,
+            interval: 5,
+            last_poll: None,
+            status: Status::Pending,
+        }
+    }
+
+    fn login() -> Login {
+        Login {
+            state_secret: "s".into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            browser_binding: "b".into(),
+            started_at: 0,
+        }
+    }
+
+    fn tokens() -> TokenSet {
+        serde_json::json!({"access_token": "at", "token_type": "Bearer", "expires_in": 3600})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn pending_slow_down_approved_delivered_then_invalid() {
+        let mut g = grant(1000);
+        assert_eq!(g.poll("tv", 1000), Err(OAuthError::AuthorizationPending));
+        assert_eq!(g.poll("tv", 1005), Err(OAuthError::AuthorizationPending));
+        // 2 s after the last poll: too fast.
+        assert_eq!(g.poll("tv", 1007), Err(OAuthError::SlowDown { interval: 10 }));
+        // The grown interval stays: 5 s is now too fast, 10 s is fine.
+        assert_eq!(g.poll("tv", 1012), Err(OAuthError::SlowDown { interval: 15 }));
+        assert_eq!(g.poll("tv", 1027), Err(OAuthError::AuthorizationPending));
+        assert_eq!(g.interval, 15);
+
+        g.begin_login(login(), 1030).unwrap();
+        assert_eq!(g.poll("tv", 1045), Err(OAuthError::AuthorizationPending));
+        g.approve("s", "b", tokens(), Some("alice".into()), 1050).unwrap();
+        // Approved answers at once, even when polled too fast: slow_down means "still pending".
+        let t = g.poll("tv", 1052).unwrap();
+        assert_eq!(t["access_token"], "at");
+        assert_eq!(t["expires_in"], 3598, "expires_in counts the 2 s the tokens waited");
+        assert_eq!(g.status, Status::Delivered);
+        assert!(matches!(g.poll("tv", 1100), Err(OAuthError::InvalidGrant(_))));
+    }
+
+    #[test]
+    fn deny_reaches_the_device() {
+        let mut g = grant(0);
+        g.deny("the user denied the request", 10).unwrap();
+        assert_eq!(
+            g.poll("tv", 11),
+            Err(OAuthError::AccessDenied("the user denied the request".into()))
+        );
+        assert_eq!(g.deny("again", 12), Err(Refusal::AlreadyDenied));
+        assert_eq!(g.begin_login(login(), 12), Err(Refusal::AlreadyDenied));
+    }
+
+    #[test]
+    fn expiry() {
+        let mut g = grant(0);
+        assert_eq!(g.poll("tv", 599), Err(OAuthError::AuthorizationPending));
+        assert_eq!(g.poll("tv", 600), Err(OAuthError::ExpiredToken));
+        assert_eq!(g.check_actionable(600), Err(Refusal::Expired));
+        // Tokens that arrive after expiry are refused.
+        let mut g = grant(0);
+        g.begin_login(login(), 10).unwrap();
+        assert_eq!(g.approve("s", "b", tokens(), None, 600), Err(Refusal::Expired));
+    }
+
+    #[test]
+    fn another_clients_poll_changes_nothing() {
+        let mut g = grant(0);
+        let before = g.clone();
+        assert!(matches!(g.poll("evil", 1), Err(OAuthError::InvalidGrant(_))));
+        assert_eq!(g, before);
+    }
+
+    #[test]
+    fn callback_must_match_state_and_browser() {
+        let mut g = grant(0);
+        assert_eq!(g.check_login("s", "b"), Err(Refusal::LoginMismatch));
+        g.begin_login(login(), 1).unwrap();
+        assert_eq!(g.check_login("x", "b"), Err(Refusal::LoginMismatch));
+        assert_eq!(g.check_login("s", "x"), Err(Refusal::LoginMismatch));
+        assert_eq!(
+            g.approve("s", "other browser", tokens(), None, 2),
+            Err(Refusal::LoginMismatch)
+        );
+        g.approve("s", "b", tokens(), None, 2).unwrap();
+        // A replayed callback finds the grant already approved.
+        assert_eq!(
+            g.approve("s", "b", tokens(), None, 3),
+            Err(Refusal::AlreadyUsed)
+        );
+    }
+
+    #[test]
+    fn failed_logins() {
+        let mut g = grant(0);
+        g.begin_login(login(), 1).unwrap();
+        g.fail_login("s", "b", "IdP unreachable", true).unwrap();
+        assert_eq!(g.status, Status::Pending);
+        g.begin_login(login(), 2).unwrap();
+        g.fail_login("s", "b", "login cancelled", false).unwrap();
+        assert_eq!(
+            g.poll("tv", 3),
+            Err(OAuthError::AccessDenied("login cancelled".into()))
+        );
+    }
+
+    #[test]
+    fn login_secrets_stay_out_of_debug_output() {
+        let mut g = grant(0);
+        g.begin_login(login(), 1).unwrap();
+        let shown = format!("{g:?}");
+        assert!(!shown.contains("pkce_verifier") && !shown.contains("nonce"), "{shown}");
+    }
+}

@@ -1,0 +1,17 @@
+//! The RFC 8628 core, free of any HTTP framework.
+//!
+//! - [`code`]: device codes, user codes and their normalisation (§5.1, §5.2, §6.1).
+//! - [`grant`]: one pending authorization and its state machine (§3.4, §3.5).
+//! - [`store`]: the `Store` trait every backend implements, with its conformance suite.
+//! - [`memory`]: the embedded moka backend (the default).
+//! - [`service`]: the operations the HTTP layer calls (authorize, poll, approve, deny), which
+//!   combine the pieces above; the current time is always a parameter.
+
+pub mod code;
+pub mod grant;
+pub mod memory;
+pub mod service;
+pub mod store;
+
+pub use grant::{Grant, Login, Refusal, Status, TokenSet};
+pub use store::{Key, Store, StoreError};

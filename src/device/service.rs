@@ -1,0 +1,305 @@
+//! The device-flow operations the HTTP layer calls: issue codes (§3.1, §3.2), answer polls
+//! (§3.4, §3.5), and the browser side's approve / deny / callback transitions. Each takes `now`
+//! (seconds since the Unix epoch) so tests drive time by hand.
+
+use std::sync::Arc;
+
+use super::code;
+use super::grant::{Grant, Login, Refusal, Status, TokenSet};
+use super::store::{Key, Store, StoreError};
+use crate::error::OAuthError;
+
+/// Extra seconds a grant stays stored after it expires, so a late poll learns `expired_token`
+/// (§3.5) instead of `invalid_grant`.
+pub const EXPIRED_GRACE_SECS: u64 = 300;
+
+/// Lifetime settings of new grants.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Seconds a grant lives (`expires_in`).
+    pub expires_in: u64,
+    /// Minimum polling interval in seconds (`interval`).
+    pub interval: u64,
+}
+
+/// What the device authorization endpoint returns (§3.2), before it is written as JSON.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub device_code: String,
+    /// Canonical form (no dash); shown as `XXXX-XXXX`.
+    pub user_code: String,
+    pub expires_in: u64,
+    pub interval: u64,
+}
+
+/// Result of the browser side looking up or acting on a grant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrowserError {
+    /// No grant has this user code (never issued, or long expired).
+    UnknownCode,
+    /// The grant exists but cannot take this action.
+    Refused(Refusal),
+    /// The store could not answer.
+    Store(StoreError),
+}
+
+impl From<StoreError> for BrowserError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+/// Device-flow operations over a [`Store`].
+#[derive(Clone)]
+pub struct DeviceService {
+    store: Arc<dyn Store>,
+    timing: Timing,
+}
+
+/// Maps a store failure to what a device is told: a full or unreachable store is temporary.
+fn store_to_oauth(e: StoreError) -> OAuthError {
+    match e {
+        StoreError::Full => OAuthError::TemporarilyUnavailable(
+            "too many pending device authorizations, try again later".into(),
+        ),
+        other => OAuthError::TemporarilyUnavailable(other.to_string()),
+    }
+}
+
+/// Resolves the `scope` parameter against the client's allowed scopes (RFC 6749 §3.3). When the
+/// parameter is absent or empty, the client gets all of its allowed scopes.
+pub fn resolve_scopes(requested: Option<&str>, allowed: &[String]) -> Result<Vec<String>, OAuthError> {
+    let mut scopes: Vec<String> = Vec::new();
+    for s in requested.unwrap_or("").split(' ').filter(|s| !s.is_empty()) {
+        if !allowed.iter().any(|a| a == s) {
+            return Err(OAuthError::InvalidScope(format!(
+                "scope '{s}' is not allowed for this client"
+            )));
+        }
+        if !scopes.iter().any(|x| x == s) {
+            scopes.push(s.to_string());
+        }
+    }
+    if scopes.is_empty() {
+        scopes = allowed.to_vec();
+    }
+    Ok(scopes)
+}
+
+impl DeviceService {
+    pub fn new(store: Arc<dyn Store>, timing: Timing) -> Self {
+        Self { store, timing }
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// Issues a new grant for an already authenticated client (§3.1, §3.2).
+    pub async fn authorize(
+        &self,
+        client_id: &str,
+        scopes: Vec<String>,
+        requester_ip: Option<String>,
+        now: u64,
+    ) -> Result<Issued, OAuthError> {
+        let device_code = code::new_device_code();
+        let mut grant = Grant {
+            id: code::random_token(16),
+            device_code_hash: code::hash_device_code(&device_code),
+            user_code: code::new_user_code(),
+            client_id: client_id.to_string(),
+            scopes,
+            requester_ip,
+            created_at: now,
+            expires_at: now + self.timing.expires_in,
+            interval: self.timing.interval,
+            last_poll: None,
+            status: Status::Pending,
+        };
+        // User codes are short (§5.1), so a live one may be drawn twice: draw again.
+        for _ in 0..8 {
+            match self.store.insert(&grant).await {
+                Ok(()) => {
+                    return Ok(Issued {
+                        device_code,
+                        user_code: grant.user_code,
+                        expires_in: self.timing.expires_in,
+                        interval: self.timing.interval,
+                    })
+                }
+                Err(StoreError::UserCodeTaken) => grant.user_code = code::new_user_code(),
+                Err(e) => return Err(store_to_oauth(e)),
+            }
+        }
+        Err(OAuthError::TemporarilyUnavailable(
+            "could not allocate a unique user code".into(),
+        ))
+    }
+
+    /// Answers one poll of the token endpoint (§3.4, §3.5).
+    pub async fn poll(
+        &self,
+        client_id: &str,
+        device_code: &str,
+        now: u64,
+    ) -> Result<TokenSet, OAuthError> {
+        let hash = code::hash_device_code(device_code);
+        let mut outcome = None;
+        let found = self
+            .store
+            .update(Key::DeviceCodeHash(&hash), &mut |g| {
+                outcome = Some(g.poll(client_id, now))
+            })
+            .await
+            .map_err(store_to_oauth)?;
+        match outcome {
+            Some(result) if found => result,
+            _ => Err(OAuthError::InvalidGrant(
+                "unknown or expired device code".into(),
+            )),
+        }
+    }
+
+    /// The grant behind a canonical user code, if the browser may still act on it.
+    pub async fn lookup(&self, user_code: &str, now: u64) -> Result<Grant, BrowserError> {
+        let grant = self
+            .store
+            .get(Key::UserCode(user_code))
+            .await?
+            .ok_or(BrowserError::UnknownCode)?;
+        grant.check_actionable(now).map_err(BrowserError::Refused)?;
+        Ok(grant)
+    }
+
+    /// Applies a browser-side transition to the grant behind `key`.
+    pub async fn transition(
+        &self,
+        key: Key<'_>,
+        mut change: impl FnMut(&mut Grant) -> Result<(), Refusal> + Send,
+    ) -> Result<Grant, BrowserError> {
+        let mut outcome = None;
+        let found = self
+            .store
+            .update(key, &mut |g| outcome = Some(change(g).map(|()| g.clone())))
+            .await?;
+        match outcome {
+            Some(result) if found => result.map_err(BrowserError::Refused),
+            _ => Err(BrowserError::UnknownCode),
+        }
+    }
+
+    /// Approve pressed: records the login secrets and returns the updated grant.
+    pub async fn begin_login(
+        &self,
+        user_code: &str,
+        login: Login,
+        now: u64,
+    ) -> Result<Grant, BrowserError> {
+        self.transition(Key::UserCode(user_code), |g| {
+            g.begin_login(login.clone(), now)
+        })
+        .await
+    }
+
+    /// Deny pressed.
+    pub async fn deny(&self, user_code: &str, now: u64) -> Result<Grant, BrowserError> {
+        self.transition(Key::UserCode(user_code), |g| {
+            g.deny("the user denied the request", now)
+        })
+        .await
+    }
+
+    /// The grant named by an upstream `state`'s id part.
+    pub async fn by_id(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+        self.store.get(Key::Id(id)).await
+    }
+
+    /// Number of stored grants.
+    pub async fn stored(&self) -> Result<u64, StoreError> {
+        self.store.len().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::memory::MemoryStore;
+    use std::time::Duration;
+
+    fn service(max: u64) -> DeviceService {
+        let store = Arc::new(MemoryStore::new(Duration::from_secs(900), max));
+        DeviceService::new(
+            store,
+            Timing {
+                expires_in: 600,
+                interval: 5,
+            },
+        )
+    }
+
+    #[test]
+    fn scopes() {
+        let allowed: Vec<String> = ["openid", "profile"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(resolve_scopes(None, &allowed).unwrap(), allowed);
+        assert_eq!(resolve_scopes(Some(""), &allowed).unwrap(), allowed);
+        assert_eq!(
+            resolve_scopes(Some("profile  profile"), &allowed).unwrap(),
+            vec!["profile".to_string()]
+        );
+        assert!(matches!(
+            resolve_scopes(Some("openid email"), &allowed),
+            Err(OAuthError::InvalidScope(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn full_flow_through_the_store() {
+        let svc = service(10);
+        let issued = svc.authorize("tv", vec!["openid".into()], None, 100).await.unwrap();
+        assert_eq!(issued.expires_in, 600);
+        assert_eq!(
+            svc.poll("tv", &issued.device_code, 100).await,
+            Err(OAuthError::AuthorizationPending)
+        );
+        assert!(matches!(
+            svc.poll("tv", "not-a-code", 100).await,
+            Err(OAuthError::InvalidGrant(_))
+        ));
+        let g = svc.lookup(&issued.user_code, 110).await.unwrap();
+        assert_eq!(g.client_id, "tv");
+        let login = Login {
+            state_secret: "s".into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            browser_binding: "b".into(),
+            started_at: 111,
+        };
+        let g = svc.begin_login(&issued.user_code, login, 111).await.unwrap();
+        let mut tokens = TokenSet::new();
+        tokens.insert("access_token".into(), "AT".into());
+        svc.transition(Key::Id(&g.id), |g| {
+            g.approve("s", "b", tokens.clone(), None, 112)
+        })
+        .await
+        .unwrap();
+        assert_eq!(svc.poll("tv", &issued.device_code, 120).await.unwrap(), tokens);
+        assert!(matches!(
+            svc.poll("tv", &issued.device_code, 130).await,
+            Err(OAuthError::InvalidGrant(_))
+        ));
+        assert_eq!(
+            svc.lookup(&issued.user_code, 131).await,
+            Err(BrowserError::Refused(Refusal::AlreadyUsed))
+        );
+    }
+
+    #[tokio::test]
+    async fn full_store_is_temporarily_unavailable() {
+        let svc = service(1);
+        svc.authorize("tv", vec![], None, 0).await.unwrap();
+        let err = svc.authorize("tv", vec![], None, 0).await.unwrap_err();
+        assert_eq!(err.status(), 503);
+        assert_eq!(err.code(), "temporarily_unavailable");
+    }
+}

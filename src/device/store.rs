@@ -1,0 +1,145 @@
+//! The `Store` trait: where pending grants live.
+//!
+//! The protocol code only ever calls these four methods, so a backend (the embedded moka cache
+//! in [`super::memory`], Redis later) is swapped without touching it. Changes go through
+//! [`Store::update`], a read-modify-write that the backend makes atomic (Dex's
+//! `UpdateDeviceToken` style): two polls at once cannot both take the tokens.
+
+use async_trait::async_trait;
+
+use super::grant::Grant;
+
+/// How a grant is looked up.
+#[derive(Debug, Clone, Copy)]
+pub enum Key<'a> {
+    /// The grant id (from the upstream `state`).
+    Id(&'a str),
+    /// SHA-256 (hex) of the device code (from a poll).
+    DeviceCodeHash(&'a str),
+    /// Canonical user code (from the verification page).
+    UserCode(&'a str),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// `store.max_pending` grants are live: refuse new ones rather than grow without bound.
+    #[error("too many pending device authorizations")]
+    Full,
+    /// The user code is already held by a live grant; the caller draws another.
+    #[error("user code already in use")]
+    UserCodeTaken,
+    /// The backend cannot answer (network, timeout).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Storage of grants. Entries disappear by themselves once `retain_for` seconds pass after
+/// creation (grant lifetime plus a grace period, so late polls still learn `expired_token`).
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Adds a new grant, indexed by id, device-code hash and user code.
+    async fn insert(&self, grant: &Grant) -> Result<(), StoreError>;
+
+    /// A copy of the grant, if it is still stored.
+    async fn get(&self, key: Key<'_>) -> Result<Option<Grant>, StoreError>;
+
+    /// Atomically applies `change` to the stored grant and saves the result. `change` may run
+    /// more than once (optimistic backends retry), so it must only touch the grant and its own
+    /// captured output. Returns `false` when no grant matches.
+    async fn update(
+        &self,
+        key: Key<'_>,
+        change: &mut (dyn for<'g> FnMut(&'g mut Grant) + Send),
+    ) -> Result<bool, StoreError>;
+
+    /// How many grants are stored (an upper bound for backends that expire lazily).
+    async fn len(&self) -> Result<u64, StoreError>;
+}
+
+/// One conformance suite for every backend (as Dex runs one storage suite on all of its
+/// storages). Each backend's tests call [`conformance::run`].
+#[cfg(test)]
+pub(crate) mod conformance {
+    use super::*;
+    use crate::device::grant::{tests::grant, Status};
+    use crate::error::OAuthError;
+    use std::sync::Arc;
+
+    fn numbered(n: u64) -> Grant {
+        let mut g = grant(1000);
+        g.id = format!("id{n}");
+        g.device_code_hash = format!("hash{n}");
+        g.user_code = format!("CODE{n:04}");
+        g
+    }
+
+    /// `make` builds a fresh, empty store holding at most `max_pending` grants.
+    pub(crate) async fn run<S: Store + 'static>(make: impl Fn(u64) -> S) {
+        let store = make(10);
+        let g = numbered(1);
+        store.insert(&g).await.unwrap();
+        for key in [Key::Id("id1"), Key::DeviceCodeHash("hash1"), Key::UserCode("CODE0001")] {
+            assert_eq!(store.get(key).await.unwrap().as_ref(), Some(&g), "{key:?}");
+        }
+        assert_eq!(store.get(Key::UserCode("NOPE")).await.unwrap(), None);
+        assert_eq!(store.len().await.unwrap(), 1);
+
+        // A second grant may not take a live user code.
+        let mut dup = numbered(2);
+        dup.user_code = g.user_code.clone();
+        assert_eq!(store.insert(&dup).await, Err(StoreError::UserCodeTaken));
+
+        // Updates persist and are visible through every key.
+        let found = store
+            .update(Key::UserCode("CODE0001"), &mut |g| {
+                g.deny("no", 1001).unwrap();
+            })
+            .await
+            .unwrap();
+        assert!(found);
+        let denied = store.get(Key::DeviceCodeHash("hash1")).await.unwrap().unwrap();
+        assert_eq!(denied.status, Status::Denied { reason: "no".into() });
+        assert!(!store.update(Key::Id("missing"), &mut |_| {}).await.unwrap());
+
+        // Capacity: max_pending grants and no more.
+        let store = make(3);
+        for n in 0..3 {
+            store.insert(&numbered(n)).await.unwrap();
+        }
+        assert_eq!(store.insert(&numbered(9)).await, Err(StoreError::Full));
+
+        // Single-use delivery under concurrency: many pollers, exactly one gets the tokens.
+        let store = Arc::new(make(10));
+        let mut g = numbered(5);
+        g.status = Status::Approved {
+            tokens: serde_json::Map::new(),
+            approved_at: 1000,
+            subject: None,
+        };
+        store.insert(&g).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut out = None;
+                store
+                    .update(Key::DeviceCodeHash("hash5"), &mut |g| {
+                        out = Some(g.poll("tv", 1001))
+                    })
+                    .await
+                    .unwrap();
+                out
+            }));
+        }
+        let mut delivered = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Some(Ok(_)) => delivered += 1,
+                Some(Err(OAuthError::InvalidGrant(_))) => {}
+                other => panic!("unexpected poll result {other:?}"),
+            }
+        }
+        assert_eq!(delivered, 1);
+    }
+}

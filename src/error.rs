@@ -1,0 +1,131 @@
+//! The one error type of the device endpoints and the token endpoint, and its wire format.
+//!
+//! Every variant maps to an error code registered by RFC 6749 §5.2 or RFC 8628 §3.5, plus the
+//! two server-side codes of RFC 6749 §4.1.2.1 (`server_error`, `temporarily_unavailable`).
+//! [`OAuthError::status`] decides the HTTP status and [`OAuthError::to_json`] the body, so the
+//! HTTP glue never makes up an error body of its own.
+
+use serde_json::json;
+
+/// An OAuth 2.0 error answered to a device client as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    /// RFC 6749 §5.2 `invalid_request`: a required parameter is missing, a parameter is
+    /// repeated, the body is not a form, or a value is malformed.
+    #[error("invalid_request: {0}")]
+    InvalidRequest(String),
+    /// RFC 6749 §5.2 `invalid_client`: the client is unknown, disabled or failed to
+    /// authenticate. Answered with HTTP 401.
+    #[error("invalid_client: {0}")]
+    InvalidClient(String),
+    /// RFC 6749 §5.2 `invalid_grant`: the device code is unknown, was already used, or belongs
+    /// to another client.
+    #[error("invalid_grant: {0}")]
+    InvalidGrant(String),
+    /// RFC 6749 §5.2 `unsupported_grant_type`.
+    #[error("unsupported_grant_type: {0}")]
+    UnsupportedGrantType(String),
+    /// RFC 6749 §3.3 / §5.2 `invalid_scope`: a requested scope is not allowed for the client.
+    #[error("invalid_scope: {0}")]
+    InvalidScope(String),
+    /// RFC 8628 §3.5 `authorization_pending`: the user has not finished yet; keep polling.
+    #[error("authorization_pending")]
+    AuthorizationPending,
+    /// RFC 8628 §3.5 `slow_down`: polled too fast; the interval for this and every later
+    /// request grows by 5 seconds. The new interval is sent as an extension field.
+    #[error("slow_down")]
+    SlowDown {
+        /// The interval in seconds the client must keep from now on.
+        interval: u64,
+    },
+    /// RFC 8628 §3.5 `access_denied`: the user (or the upstream IdP) refused the request.
+    #[error("access_denied: {0}")]
+    AccessDenied(String),
+    /// RFC 8628 §3.5 `expired_token`: the device code outlived `expires_in`.
+    #[error("expired_token")]
+    ExpiredToken,
+    /// RFC 6749 §4.1.2.1 `temporarily_unavailable`: the store is full or unreachable. HTTP 503.
+    #[error("temporarily_unavailable: {0}")]
+    TemporarilyUnavailable(String),
+    /// RFC 6749 §4.1.2.1 `server_error`: an unexpected condition. HTTP 500.
+    #[error("server_error: {0}")]
+    ServerError(String),
+}
+
+impl OAuthError {
+    /// The registered error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidClient(_) => "invalid_client",
+            Self::InvalidGrant(_) => "invalid_grant",
+            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::SlowDown { .. } => "slow_down",
+            Self::AccessDenied(_) => "access_denied",
+            Self::ExpiredToken => "expired_token",
+            Self::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            Self::ServerError(_) => "server_error",
+        }
+    }
+
+    /// HTTP status: 400 for every RFC 6749 §5.2 error, 401 for `invalid_client`, 503/500 for the
+    /// server-side ones.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidClient(_) => 401,
+            Self::TemporarilyUnavailable(_) => 503,
+            Self::ServerError(_) => 500,
+            _ => 400,
+        }
+    }
+
+    fn description(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest(d)
+            | Self::InvalidClient(d)
+            | Self::InvalidGrant(d)
+            | Self::UnsupportedGrantType(d)
+            | Self::InvalidScope(d)
+            | Self::AccessDenied(d)
+            | Self::TemporarilyUnavailable(d)
+            | Self::ServerError(d) => Some(d.as_str()),
+            Self::AuthorizationPending => Some("the user has not approved the request yet"),
+            Self::SlowDown { .. } => Some("polling too fast: add 5 seconds to the interval"),
+            Self::ExpiredToken => Some("the device code has expired: start a new request"),
+        }
+    }
+
+    /// The RFC 6749 §5.2 JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut body = json!({ "error": self.code() });
+        if let Some(d) = self.description().filter(|d| !d.is_empty()) {
+            body["error_description"] = json!(d);
+        }
+        if let Self::SlowDown { interval } = self {
+            // Extension field (as GitHub does): clients need not track the growth themselves.
+            body["interval"] = json!(interval);
+        }
+        body.to_string().into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let e = OAuthError::SlowDown { interval: 10 };
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(v["error"], "slow_down");
+        assert_eq!(v["interval"], 10);
+        assert_eq!(e.status(), 400);
+        assert_eq!(OAuthError::InvalidClient("x".into()).status(), 401);
+        assert_eq!(OAuthError::TemporarilyUnavailable("x".into()).status(), 503);
+        let v: serde_json::Value =
+            serde_json::from_slice(&OAuthError::InvalidGrant(String::new()).to_json()).unwrap();
+        assert!(v.get("error_description").is_none());
+    }
+}

@@ -1,0 +1,25 @@
+//! devicegate: a Pingora reverse proxy that adds the OAuth 2.0 Device Authorization Grant
+//! (RFC 8628) in front of an existing OpenID Connect provider.
+//!
+//! The map:
+//! - [`config`]: the YAML file and its validation into [`config::Config`].
+//! - [`device`]: the RFC 8628 core (codes, grant state machine, `Store` and its backends), with
+//!   no HTTP in it and time passed in as a parameter.
+//! - [`oidc`]: the back-channel client of the upstream IdP (discovery, code exchange, ID token
+//!   validation).
+//! - [`proxy`]: the Pingora `ProxyHttp` glue: routing, reading bodies, writing responses.
+//! - [`pages`]: the verification pages (escaped templates).
+//! - [`discovery`]: the rewrite of the IdP's discovery documents.
+//! - [`form`]: strict form and query parsing.
+//! - [`error`]: the OAuth error enum and its JSON wire format.
+//! - [`server`]: assembling the Pingora server.
+
+pub mod config;
+pub mod device;
+pub mod discovery;
+pub mod error;
+pub mod form;
+pub mod oidc;
+pub mod pages;
+pub mod proxy;
+pub mod server;

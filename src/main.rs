@@ -1,0 +1,48 @@
+//! `devicegate --config PATH [--check]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// OAuth 2.0 Device Authorization Grant (RFC 8628) gateway in front of an OpenID Connect provider.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The YAML configuration file.
+    #[arg(short, long, default_value = "conf/devicegate.yaml")]
+    config: PathBuf,
+    /// Validate the configuration, print every error, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = match devicegate::config::Config::load(&args.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: {} error(s):", args.config.display(), errors.0.len());
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: OK", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    tracing::info!(listen = %config.listen, upstream = %config.upstream.address, issuer = %config.upstream.issuer, "starting devicegate");
+    match devicegate::server::build(config) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The upstream OpenID Connect client: discovery, the authorization URL, the code exchange and
+//! ID token validation (with the `openidconnect` crate).
+//!
+//! Every back-channel request goes to `upstream.address` with the issuer's `Host`, whatever the
+//! IdP's public DNS says: the gateway usually *is* the issuer's public origin, so asking that
+//! origin would loop through ourselves. The HTTP client follows no redirects (no SSRF through a
+//! redirect) and gives up after `upstream.timeout`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+};
+use openidconnect::{ClientId, ClientSecret, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier};
+use serde_json::{Map, Value};
+use tokio::sync::RwLock;
+use url::Url;
+
+use crate::config::{Client, Config};
+use crate::device::TokenSet;
+
+/// How long discovery metadata and keys are reused before they are fetched again.
+const METADATA_TTL: Duration = Duration::from_secs(300);
+/// Largest response accepted from the IdP on the back channel.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// A failure talking to the IdP.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The IdP could not be reached or did not answer in time: worth retrying.
+    #[error("the identity provider is unreachable: {0}")]
+    Unreachable(String),
+    /// The IdP answered, but not with what the protocol requires.
+    #[error("the identity provider sent an invalid response: {0}")]
+    Invalid(String),
+    /// The IdP refused (an OAuth error response).
+    #[error("the identity provider refused: {error}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+}
+
+impl UpstreamError {
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable(_))
+    }
+}
+
+/// The parts of the IdP's discovery document the gateway uses.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    pub jwks_uri: Url,
+    /// Whether the IdP lists `client_secret_basic` (else secrets go in the form body).
+    pub basic_auth: bool,
+    fetched: Instant,
+}
+
+/// A raw response relayed from the IdP.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+/// Back-channel client for one upstream IdP.
+pub struct Oidc {
+    http: reqwest::Client,
+    config: Arc<Config>,
+    discovery: RwLock<Option<Arc<Discovery>>>,
+    jwks: RwLock<Option<(Arc<CoreJsonWebKeySet>, Instant)>>,
+}
+
+/// The verified result of a login.
+#[derive(Debug)]
+pub struct LoginResult {
+    pub tokens: TokenSet,
+    /// `sub` of the ID token.
+    pub subject: String,
+}
+
+impl Oidc {
+    pub fn new(config: Arc<Config>) -> Result<Self, UpstreamError> {
+        let up = &config.upstream;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(up.timeout)
+            .timeout(up.timeout)
+            // The issuer's host name resolves to the upstream address (keeps TLS SNI right).
+            .resolve(&up.sni, up.addr)
+            .user_agent(concat!("devicegate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| UpstreamError::Invalid(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            config,
+            discovery: RwLock::new(None),
+            jwks: RwLock::new(None),
+        })
+    }
+
+    /// Points a URL on the issuer's (or the gateway's) origin at `upstream.address`, keeping
+    /// the original authority for the `Host` header. URLs on other origins are left alone.
+    fn route(&self, url: &Url) -> (Url, Option<String>) {
+        let up = &self.config.upstream;
+        let same_origin = |o: &Url| o.origin() == url.origin();
+        if !same_origin(&up.issuer) && !same_origin(&self.config.public_url) {
+            return (url.clone(), None);
+        }
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        let mut target = url.clone();
+        let scheme = if up.tls { "https" } else { "http" };
+        let is_ip = matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)));
+        // Name hosts stay (SNI, and `resolve` maps them to the address); IP hosts are replaced.
+        let _ = target.set_scheme(scheme);
+        if !up.tls || is_ip || url.host_str() != Some(up.sni.as_str()) {
+            let _ = target.set_ip_host(up.addr.ip());
+        }
+        let _ = target.set_port(Some(up.addr.port()));
+        (target, Some(authority))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, UpstreamError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(UpstreamError::Invalid("response too large".into()));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        if body.len() > MAX_BODY {
+            return Err(UpstreamError::Invalid("response too large".into()));
+        }
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// GETs a URL on the back channel.
+    pub async fn get(&self, url: &Url) -> Result<RawResponse, UpstreamError> {
+        let (target, host) = self.route(url);
+        let mut req = self.http.get(target.as_str());
+        if let Some(h) = host {
+            req = req.header(http::header::HOST, h);
+        }
+        self.send(req).await
+    }
+
+    /// The issuer's discovery document URL (OpenID Connect Discovery §4).
+    pub fn discovery_url(&self) -> Result<Url, UpstreamError> {
+        let issuer = self.config.upstream.issuer.as_str().trim_end_matches('/');
+        Url::parse(&format!("{issuer}/.well-known/openid-configuration"))
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))
+    }
+
+    /// The cached discovery, fetched again when older than five minutes or never loaded.
+    pub async fn discovery(&self) -> Result<Arc<Discovery>, UpstreamError> {
+        if let Some(d) = self.discovery.read().await.as_ref() {
+            if d.fetched.elapsed() < METADATA_TTL {
+                return Ok(d.clone());
+            }
+        }
+        let url = self.discovery_url()?;
+        let resp = self.get(&url).await?;
+        if resp.status != 200 {
+            return Err(UpstreamError::Invalid(format!(
+                "discovery answered HTTP {}",
+                resp.status
+            )));
+        }
+        self.learn_discovery(&resp.body).await
+    }
+
+    /// The discovery already loaded, without fetching.
+    pub async fn cached_discovery(&self) -> Option<Arc<Discovery>> {
+        self.discovery.read().await.clone()
+    }
+
+    /// Parses and caches a discovery document (also fed from documents relayed to clients).
+    pub async fn learn_discovery(&self, body: &[u8]) -> Result<Arc<Discovery>, UpstreamError> {
+        let doc: Map<String, Value> = serde_json::from_slice(body)
+            .map_err(|e| UpstreamError::Invalid(format!("discovery is not a JSON object: {e}")))?;
+        // OpenID Connect Discovery §4.3: the issuer in the document must be the one configured.
+        let issuer = doc.get("issuer").and_then(Value::as_str).unwrap_or_default();
+        let want = self.config.upstream.issuer.as_str();
+        if issuer.trim_end_matches('/') != want.trim_end_matches('/') {
+            return Err(UpstreamError::Invalid(format!(
+                "discovery names issuer '{issuer}', expected '{want}'"
+            )));
+        }
+        let endpoint = |name: &str| -> Result<Url, UpstreamError> {
+            let s = doc
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| UpstreamError::Invalid(format!("discovery lacks {name}")))?;
+            Url::parse(s).map_err(|e| UpstreamError::Invalid(format!("{name}: {e}")))
+        };
+        let basic_auth = doc
+            .get("token_endpoint_auth_methods_supported")
+            .and_then(Value::as_array)
+            .is_none_or(|m| m.iter().any(|v| v == "client_secret_basic"));
+        let d = Arc::new(Discovery {
+            authorization_endpoint: endpoint("authorization_endpoint")?,
+            token_endpoint: endpoint("token_endpoint")?,
+            jwks_uri: endpoint("jwks_uri")?,
+            basic_auth,
+            fetched: Instant::now(),
+        });
+        *self.discovery.write().await = Some(d.clone());
+        Ok(d)
+    }
+
+    /// The URL the browser is sent to for the upstream login (authorization code flow with PKCE
+    /// S256, `state` and `nonce`). `offline_access` needs `prompt=consent` (OIDC Core §11).
+    pub fn authorize_url(
+        &self,
+        disc: &Discovery,
+        client: &Client,
+        scopes: &[String],
+        state: &str,
+        nonce: &str,
+        pkce_verifier: &str,
+    ) -> Url {
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
+            pkce_verifier.to_string(),
+        ));
+        let mut scope: Vec<&str> = vec!["openid"];
+        scope.extend(scopes.iter().map(String::as_str).filter(|s| *s != "openid"));
+        let mut url = disc.authorization_endpoint.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &client.client_id)
+                .append_pair("redirect_uri", &self.redirect_uri())
+                .append_pair("scope", &scope.join(" "))
+                .append_pair("state", state)
+                .append_pair("nonce", nonce)
+                .append_pair("code_challenge", challenge.as_str())
+                .append_pair("code_challenge_method", "S256");
+            if scopes.iter().any(|s| s == "offline_access") {
+                q.append_pair("prompt", "consent");
+            }
+        }
+        url
+    }
+
+    /// Where the IdP sends the browser back.
+    pub fn redirect_uri(&self) -> String {
+        self.config.public(&self.config.device.callback_path)
+    }
+
+    /// Exchanges an authorization code at the IdP's token endpoint and validates the ID token
+    /// (signature from the JWKS, issuer, audience, expiry, nonce).
+    pub async fn exchange_code(
+        &self,
+        client: &Client,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+        now: u64,
+    ) -> Result<LoginResult, UpstreamError> {
+        let disc = self.discovery().await?;
+        let redirect = self.redirect_uri();
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect.as_str()),
+            ("code_verifier", pkce_verifier),
+        ];
+        let (target, host) = self.route(&disc.token_endpoint);
+        let mut req = self.http.post(target.as_str());
+        if let Some(h) = host {
+            req = req.header(http::header::HOST, h);
+        }
+        match &client.client_secret {
+            // RFC 6749 §2.3.1: Basic with form-urlencoded id and secret.
+            Some(secret) if disc.basic_auth => {
+                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                req = req.basic_auth(enc(&client.client_id), Some(enc(secret.expose())));
+            }
+            Some(secret) => {
+                form.push(("client_id", &client.client_id));
+                form.push(("client_secret", secret.expose()));
+            }
+            None => form.push(("client_id", &client.client_id)),
+        }
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let resp = self
+            .send(
+                req.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(http::header::ACCEPT, "application/json")
+                    .body(body),
+            )
+            .await?;
+        let json: Map<String, Value> = serde_json::from_slice(&resp.body).map_err(|_| {
+            if resp.status >= 500 {
+                UpstreamError::Unreachable(format!("token endpoint answered HTTP {}", resp.status))
+            } else {
+                UpstreamError::Invalid(format!(
+                    "token endpoint answered HTTP {} without JSON",
+                    resp.status
+                ))
+            }
+        })?;
+        if resp.status != 200 {
+            if resp.status >= 500 {
+                return Err(UpstreamError::Unreachable(format!(
+                    "token endpoint answered HTTP {}",
+                    resp.status
+                )));
+            }
+            return Err(UpstreamError::Refused {
+                error: json
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("invalid_response")
+                    .to_string(),
+                description: json
+                    .get("error_description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            });
+        }
+        if json.get("access_token").and_then(Value::as_str).is_none() {
+            return Err(UpstreamError::Invalid("token response lacks access_token".into()));
+        }
+        let id_token = json
+            .get("id_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| UpstreamError::Invalid("token response lacks id_token".into()))?;
+        let subject = self.verify_id_token(client, id_token, nonce, now).await?;
+        Ok(LoginResult {
+            tokens: json,
+            subject,
+        })
+    }
+
+    async fn keys(&self, force: bool) -> Result<Arc<CoreJsonWebKeySet>, UpstreamError> {
+        if !force {
+            if let Some((k, at)) = self.jwks.read().await.as_ref() {
+                if at.elapsed() < METADATA_TTL {
+                    return Ok(k.clone());
+                }
+            }
+        }
+        let disc = self.discovery().await?;
+        let resp = self.get(&disc.jwks_uri).await?;
+        if resp.status != 200 {
+            return Err(UpstreamError::Invalid(format!("JWKS answered HTTP {}", resp.status)));
+        }
+        let set: CoreJsonWebKeySet = serde_json::from_slice(&resp.body)
+            .map_err(|e| UpstreamError::Invalid(format!("JWKS is not a key set: {e}")))?;
+        let set = Arc::new(set);
+        *self.jwks.write().await = Some((set.clone(), Instant::now()));
+        Ok(set)
+    }
+
+    /// Validates an ID token and returns its subject. Keys are fetched again once when the
+    /// signature does not verify (the IdP may have rotated them).
+    pub async fn verify_id_token(
+        &self,
+        client: &Client,
+        id_token: &str,
+        nonce: &str,
+        now: u64,
+    ) -> Result<String, UpstreamError> {
+        let token: CoreIdToken = id_token
+            .parse()
+            .map_err(|e| UpstreamError::Invalid(format!("ID token is not a JWT: {e}")))?;
+        let issuer = IssuerUrl::new(self.config.upstream.issuer.as_str().trim_end_matches('/').to_string())
+            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        let mut last_err = String::new();
+        for force in [false, true] {
+            let keys = self.keys(force).await?;
+            let client_id = ClientId::new(client.client_id.clone());
+            let verifier = match &client.client_secret {
+                Some(s) => CoreIdTokenVerifier::new_confidential_client(
+                    client_id,
+                    ClientSecret::new(s.expose().to_string()),
+                    issuer.clone(),
+                    (*keys).clone(),
+                ),
+                None => CoreIdTokenVerifier::new_public_client(client_id, issuer.clone(), (*keys).clone()),
+            }
+            .set_allowed_algs([
+                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+                CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+                CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+                CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+                CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+                CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+                CoreJwsSigningAlgorithm::EdDsa,
+            ])
+            .set_time_fn(move || {
+                chrono::DateTime::from_timestamp(now as i64, 0).unwrap_or_default()
+            });
+            match token.claims(&verifier, &Nonce::new(nonce.to_string())) {
+                Ok(claims) => return Ok(claims.subject().to_string()),
+                Err(e) => {
+                    last_err = e.to_string();
+                    // Only a signature problem can be cured by fresh keys.
+                    if !matches!(e, openidconnect::ClaimsVerificationError::SignatureVerification(_)) {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(UpstreamError::Invalid(format!("ID token rejected: {last_err}")))
+    }
+}
+
+/// An error with its sources, for messages that say what really failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,841 @@
+//! The Pingora `ProxyHttp` glue.
+//!
+//! [`Gateway::request_filter`] routes each request: the few paths devicegate owns (device
+//! authorization, verification page, login callback, discovery documents, and device-code polls
+//! at the IdP's token endpoint) are answered here, parse → act → write; everything else returns
+//! `Ok(false)` and Pingora relays it to the IdP unchanged, `Host` included, with
+//! `X-Forwarded-For`/`X-Forwarded-Proto` added.
+//!
+//! Handlers never panic and never answer 5xx for bad input: API endpoints answer RFC 6749 JSON
+//! errors ([`OAuthError`]), browser endpoints answer readable pages ([`Message`]).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::{engine::general_purpose::STANDARD, engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http::Method;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use rand::{rngs::OsRng, RngCore};
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::config::{Client, Config};
+use crate::device::code::{display_user_code, normalize_user_code, random_token};
+use crate::device::service::{resolve_scopes, BrowserError, DeviceService, Timing, EXPIRED_GRACE_SECS};
+use crate::device::{memory::MemoryStore, Key, Login, Refusal, Status};
+use crate::discovery::{self, DEVICE_GRANT};
+use crate::error::OAuthError;
+use crate::form::{is_form_content_type, Params, MAX_FORM_BODY};
+use crate::oidc::{Oidc, UpstreamError};
+use crate::pages::{security_headers, Consent, Message, Pages};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Seconds since the Unix epoch: the one place the glue reads the clock.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The device-flow gateway.
+pub struct Gateway {
+    config: Arc<Config>,
+    device: DeviceService,
+    oidc: Arc<Oidc>,
+    pages: Pages,
+    /// Keyed MAC for CSRF tokens and browser bindings; its key is new at every start.
+    browser_mac: HmacSha256,
+    cookie_name: &'static str,
+    secure_cookies: bool,
+    discovery_paths: [String; 2],
+}
+
+/// A request body that could not be read.
+enum BodyError {
+    TooLarge,
+}
+
+impl Gateway {
+    /// Builds the gateway with the store the configuration names.
+    pub fn new(config: Arc<Config>) -> Result<Self, String> {
+        let retain = std::time::Duration::from_secs(config.device.expires_in + EXPIRED_GRACE_SECS);
+        let store = Arc::new(MemoryStore::new(retain, config.store.max_pending));
+        let device = DeviceService::new(
+            store,
+            Timing {
+                expires_in: config.device.expires_in,
+                interval: config.device.interval,
+            },
+        );
+        let oidc = Arc::new(Oidc::new(config.clone()).map_err(|e| e.to_string())?);
+        let pages = Pages::new().map_err(|e| format!("loading page templates: {e}"))?;
+        let mut browser_key = [0u8; 32];
+        OsRng.fill_bytes(&mut browser_key);
+        let browser_mac = HmacSha256::new_from_slice(&browser_key).map_err(|e| e.to_string())?;
+        let secure_cookies = config.public_url.scheme() == "https";
+        Ok(Self {
+            discovery_paths: discovery::well_known_paths(config.upstream.issuer.path()),
+            device,
+            oidc,
+            pages,
+            browser_mac,
+            // `__Host-` pins the cookie to this origin, but browsers only take it when Secure.
+            cookie_name: if secure_cookies {
+                "__Host-devicegate"
+            } else {
+                "devicegate"
+            },
+            secure_cookies,
+            config,
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writing responses.
+
+    async fn send(
+        &self,
+        session: &mut Session,
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    ) -> Result<bool> {
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
+        for (k, v) in headers {
+            resp.append_header(k, v)?;
+        }
+        resp.insert_header("Content-Length", body.len().to_string())?;
+        let head_only = session.req_header().method == Method::HEAD;
+        session.write_response_header(Box::new(resp), false).await?;
+        let body = if head_only { Bytes::new() } else { Bytes::from(body) };
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    /// JSON for devices; never cached (§3.2, RFC 6749 §5.1).
+    async fn send_json(&self, session: &mut Session, status: u16, body: Vec<u8>) -> Result<bool> {
+        let headers = vec![
+            ("Content-Type", "application/json".to_string()),
+            ("Cache-Control", "no-store".to_string()),
+            ("Pragma", "no-cache".to_string()),
+        ];
+        self.send(session, status, headers, body).await
+    }
+
+    async fn send_oauth_error(&self, session: &mut Session, e: &OAuthError) -> Result<bool> {
+        if e.status() == 401 {
+            // RFC 6749 §5.2: a 401 carries WWW-Authenticate.
+            let headers = vec![
+                ("Content-Type", "application/json".to_string()),
+                ("Cache-Control", "no-store".to_string()),
+                ("WWW-Authenticate", "Basic realm=\"devicegate\"".to_string()),
+            ];
+            return self.send(session, 401, headers, e.to_json()).await;
+        }
+        self.send_json(session, e.status(), e.to_json()).await
+    }
+
+    fn form_action(&self) -> String {
+        let mut sources = vec!["'self'".to_string()];
+        if let Ok(d) = self.oidc.discovery_url() {
+            sources.push(d.origin().ascii_serialization());
+        }
+        sources.join(" ")
+    }
+
+    async fn send_page(
+        &self,
+        session: &mut Session,
+        status: u16,
+        html: String,
+        set_cookie: Option<String>,
+    ) -> Result<bool> {
+        let mut headers = security_headers(&self.form_action());
+        headers.push(("Content-Type", "text/html; charset=utf-8".into()));
+        if let Some(c) = set_cookie {
+            headers.push(("Set-Cookie", c));
+        }
+        self.send(session, status, headers, html.into_bytes()).await
+    }
+
+    async fn send_message(&self, session: &mut Session, m: Message) -> Result<bool> {
+        let html = self.pages.message(m, &self.config.device.verification_path);
+        self.send_page(session, m.status(), html, None).await
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reading requests.
+
+    /// Reads the whole request body (so the connection can be reused), up to the form limit.
+    async fn read_body(&self, session: &mut Session) -> Result<Result<Bytes, BodyError>> {
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_FORM_BODY) {
+            // Not worth draining: answer and close.
+            session.set_keepalive(None);
+            return Ok(Err(BodyError::TooLarge));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_FORM_BODY {
+                session.set_keepalive(None);
+                return Ok(Err(BodyError::TooLarge));
+            }
+        }
+        Ok(Ok(Bytes::from(body)))
+    }
+
+    fn header<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+        session
+            .req_header()
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    fn client_ip(session: &Session) -> Option<String> {
+        session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+    }
+
+    fn query_params(session: &Session) -> Result<Params, OAuthError> {
+        Params::parse(session.req_header().uri.query().unwrap_or("").as_bytes())
+    }
+
+    /// Reads a form body for an API endpoint, answering the error itself when it is not one.
+    async fn read_api_form(&self, session: &mut Session) -> Result<Result<Params, bool>> {
+        let body = match self.read_body(session).await? {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                let e = OAuthError::InvalidRequest(format!("the body is larger than {MAX_FORM_BODY} bytes"));
+                return Ok(Err(self.send(session, 413, json_headers(), e.to_json()).await?));
+            }
+        };
+        if !is_form_content_type(Self::header(session, "content-type")) {
+            let e = OAuthError::InvalidRequest(
+                "the body must be application/x-www-form-urlencoded".into(),
+            );
+            return Ok(Err(self.send_oauth_error(session, &e).await?));
+        }
+        match Params::parse(&body) {
+            Ok(p) => Ok(Ok(p)),
+            Err(e) => Ok(Err(self.send_oauth_error(session, &e).await?)),
+        }
+    }
+
+    /// The client id from HTTP Basic (RFC 6749 §2.3.1) or the `client_id` parameter; both
+    /// present and different is an error.
+    fn client_id(session: &Session, params: &Params) -> Result<String, OAuthError> {
+        let basic = match Self::header(session, "authorization") {
+            Some(h) => Some(basic_client_id(h).ok_or_else(|| {
+                OAuthError::InvalidClient("malformed HTTP Basic credentials".into())
+            })?),
+            None => None,
+        };
+        match (basic, params.get("client_id")) {
+            (Some(b), Some(p)) if b != p => Err(OAuthError::InvalidRequest(
+                "client_id differs from the HTTP Basic user".into(),
+            )),
+            (Some(b), _) => Ok(b),
+            (None, Some(p)) => Ok(p.to_string()),
+            (None, None) => Err(OAuthError::InvalidRequest("missing parameter 'client_id'".into())),
+        }
+    }
+
+    fn known_client(&self, client_id: &str) -> Result<&Client, OAuthError> {
+        self.config
+            .clients
+            .get(client_id)
+            .filter(|c| c.enabled)
+            .ok_or_else(|| OAuthError::InvalidClient("unknown or disabled client".into()))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Device authorization endpoint (RFC 8628 §3.1, §3.2).
+
+    async fn device_authorization(&self, session: &mut Session) -> Result<bool> {
+        if session.req_header().method != Method::POST {
+            return self.method_not_allowed(session, "POST").await;
+        }
+        let params = match self.read_api_form(session).await? {
+            Ok(p) => p,
+            Err(done) => return Ok(done),
+        };
+        let issued = async {
+            let client_id = Self::client_id(session, &params)?;
+            let client = self.known_client(&client_id)?;
+            let scopes = resolve_scopes(params.get("scope"), &client.allowed_scopes)?;
+            self.device
+                .authorize(&client_id, scopes, Self::client_ip(session), now())
+                .await
+                .map(|i| (i, client_id))
+        }
+        .await;
+        let (issued, client_id) = match issued {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::info!(error = e.code(), "device authorization refused");
+                return self.send_oauth_error(session, &e).await;
+            }
+        };
+        tracing::info!(client_id, "device authorization issued");
+        let shown = display_user_code(&issued.user_code);
+        let verification_uri = self.config.public(&self.config.device.verification_path);
+        let complete = format!("{verification_uri}?user_code={shown}");
+        let body = json!({
+            "device_code": issued.device_code,
+            "user_code": shown,
+            "verification_uri": verification_uri,
+            "verification_uri_complete": complete,
+            "expires_in": issued.expires_in,
+            "interval": issued.interval,
+        });
+        self.send_json(session, 200, body.to_string().into_bytes()).await
+    }
+
+    async fn method_not_allowed(&self, session: &mut Session, allow: &str) -> Result<bool> {
+        let e = OAuthError::InvalidRequest(format!("method not allowed, use {allow}"));
+        let mut headers = json_headers();
+        headers.push(("Allow", allow.to_string()));
+        self.send(session, 405, headers, e.to_json()).await
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Token endpoint: device-code polls (RFC 8628 §3.4, §3.5); other grants pass through.
+
+    async fn is_token_path(&self, path: &str) -> bool {
+        let disc = match self.oidc.cached_discovery().await {
+            Some(d) => Some(d),
+            // Not loaded yet (first request, or the IdP was down): try now.
+            None => self.oidc.discovery().await.ok(),
+        };
+        disc.is_some_and(|d| {
+            d.token_endpoint.path() == path
+                && d.token_endpoint.origin() == self.config.public_url.origin()
+        })
+    }
+
+    async fn token(&self, session: &mut Session) -> Result<bool> {
+        // Keep a copy of what is read so Pingora can still relay it when it is not ours.
+        session.enable_retry_buffering();
+        let body = match self.read_body(session).await? {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                let e = OAuthError::InvalidRequest(format!("the body is larger than {MAX_FORM_BODY} bytes"));
+                return self.send(session, 413, json_headers(), e.to_json()).await;
+            }
+        };
+        let ours = is_form_content_type(Self::header(session, "content-type"))
+            && form_urlencoded::parse(&body).any(|(k, v)| k == "grant_type" && v == DEVICE_GRANT);
+        if !ours {
+            return Ok(false);
+        }
+        let result = async {
+            let params = Params::parse(&body)?;
+            let client_id = Self::client_id(session, &params)?;
+            if !self.config.clients.contains_key(&client_id) {
+                return Err(OAuthError::InvalidClient("unknown client".into()));
+            }
+            let device_code = params.require("device_code")?;
+            self.device.poll(&client_id, device_code, now()).await
+        }
+        .await;
+        match result {
+            Ok(tokens) => {
+                tracing::info!("device tokens delivered");
+                let body = serde_json::to_vec(&tokens).unwrap_or_default();
+                self.send_json(session, 200, body).await
+            }
+            Err(e) => self.send_oauth_error(session, &e).await,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Discovery documents (RFC 8414, OIDC Discovery), relayed with the device flow added.
+
+    async fn discovery(&self, session: &mut Session) -> Result<bool> {
+        let path_and_query = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        let mut url = self.config.upstream.issuer.clone();
+        url.set_path("");
+        let url = match url::Url::parse(&format!(
+            "{}{}",
+            url.as_str().trim_end_matches('/'),
+            path_and_query
+        )) {
+            Ok(u) => u,
+            Err(_) => return Ok(false),
+        };
+        let resp = match self.oidc.get(&url).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery fetch failed");
+                let e = OAuthError::TemporarilyUnavailable("the identity provider is unreachable".into());
+                return self.send(session, 502, json_headers(), e.to_json()).await;
+            }
+        };
+        let device_endpoint = self.config.public(&self.config.device.authorization_path);
+        let body = if resp.status == 200 {
+            if url.path() == self.discovery_paths[0] {
+                if let Err(e) = self.oidc.learn_discovery(&resp.body).await {
+                    tracing::warn!(error = %e, "discovery document not usable");
+                }
+            }
+            discovery::rewrite(&resp.body, &device_endpoint).unwrap_or_else(|| resp.body.to_vec())
+        } else {
+            resp.body.to_vec()
+        };
+        let mut headers = Vec::new();
+        for name in [
+            "content-type",
+            "cache-control",
+            "expires",
+            "vary",
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "access-control-expose-headers",
+        ] {
+            for v in resp.headers.get_all(name) {
+                if let Ok(v) = v.to_str() {
+                    headers.push((header_name(name), v.to_string()));
+                }
+            }
+        }
+        self.send(session, resp.status, headers, body).await
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Verification page (RFC 8628 §3.3).
+
+    fn session_cookie(session: &Session, name: &str) -> Option<String> {
+        session
+            .req_header()
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, v)| *k == name && v.len() == 43)
+            .map(|(_, v)| v.to_string())
+    }
+
+    fn set_cookie(&self, value: &str) -> String {
+        let secure = if self.secure_cookies { "; Secure" } else { "" };
+        format!(
+            "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            self.cookie_name,
+            self.config.device.expires_in + EXPIRED_GRACE_SECS
+        )
+    }
+
+    fn mac(&self, purpose: &str, parts: &[&str]) -> HmacSha256 {
+        let mut mac = self.browser_mac.clone();
+        mac.update(purpose.as_bytes());
+        for p in parts {
+            mac.update(&[0]);
+            mac.update(p.as_bytes());
+        }
+        mac
+    }
+
+    /// CSRF token for the consent form: bound to the browser session and the user code.
+    fn csrf_token(&self, browser: &str, user_code: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac("csrf", &[browser, user_code]).finalize().into_bytes())
+    }
+
+    fn csrf_ok(&self, browser: &str, user_code: &str, token: &str) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
+            return false;
+        };
+        // Constant-time comparison: the token is a secret an attacker may probe.
+        self.mac("csrf", &[browser, user_code]).verify_slice(&raw).is_ok()
+    }
+
+    /// What a grant's login is bound to: a keyed hash of the browser session cookie.
+    fn browser_binding(&self, browser: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac("bind", &[browser]).finalize().into_bytes())
+    }
+
+    fn refusal_page(r: Refusal) -> Message {
+        match r {
+            Refusal::Expired => Message::Expired,
+            Refusal::AlreadyUsed => Message::AlreadyUsed,
+            Refusal::AlreadyDenied => Message::AlreadyDenied,
+            Refusal::LoginMismatch => Message::LoginMismatch,
+        }
+    }
+
+    async fn browser_error(&self, session: &mut Session, e: BrowserError) -> Result<bool> {
+        match e {
+            BrowserError::UnknownCode => self.code_error(session, "", UNKNOWN_CODE).await,
+            BrowserError::Refused(r) => self.send_message(session, Self::refusal_page(r)).await,
+            BrowserError::Store(e) => {
+                tracing::error!(error = %e, "store failed");
+                self.send_message(session, Message::Unavailable).await
+            }
+        }
+    }
+
+    async fn code_error(&self, session: &mut Session, typed: &str, error: &str) -> Result<bool> {
+        let html = self.pages.enter(&self.config.device.verification_path, typed, Some(error));
+        self.send_page(session, 400, html, None).await
+    }
+
+    async fn verification(&self, session: &mut Session) -> Result<bool> {
+        let method = session.req_header().method.clone();
+        let action = self.config.device.verification_path.clone();
+        let existing = Self::session_cookie(session, self.cookie_name);
+        let (browser, new_cookie) = match existing {
+            Some(b) => (b, None),
+            None => {
+                let b = random_token(32);
+                let c = self.set_cookie(&b);
+                (b, Some(c))
+            }
+        };
+        if method == Method::GET || method == Method::HEAD {
+            let Ok(q) = Self::query_params(session) else {
+                return self.send_message(session, Message::BadRequest).await;
+            };
+            // §3.3.1: a code from verification_uri_complete is only prefilled, never acted on.
+            let typed = q.get("user_code").unwrap_or("");
+            let shown = normalize_user_code(typed)
+                .map(|c| display_user_code(&c))
+                .unwrap_or_else(|| typed.chars().take(20).collect());
+            let html = self.pages.enter(&action, &shown, None);
+            return self.send_page(session, 200, html, new_cookie).await;
+        }
+        if method != Method::POST {
+            let mut headers = security_headers("'none'");
+            headers.push(("Allow", "GET, POST".into()));
+            headers.push(("Content-Type", "text/plain; charset=utf-8".into()));
+            return self.send(session, 405, headers, b"Method not allowed".to_vec()).await;
+        }
+        let body = match self.read_body(session).await? {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => return self.send_message(session, Message::BadRequest).await,
+        };
+        let params = match Params::parse(&body) {
+            Ok(p) if is_form_content_type(Self::header(session, "content-type")) => p,
+            _ => return self.send_message(session, Message::BadRequest).await,
+        };
+        let typed = params.get("user_code").unwrap_or("");
+        let Some(user_code) = normalize_user_code(typed) else {
+            let shown: String = typed.chars().take(20).collect();
+            return self.code_error(session, &shown, MALFORMED_CODE).await;
+        };
+        let now = now();
+        match params.get("action").unwrap_or("lookup") {
+            "lookup" => {
+                let grant = match self.device.lookup(&user_code, now).await {
+                    Ok(g) => g,
+                    Err(e) => return self.browser_error(session, e).await,
+                };
+                let Ok(client) = self.known_client(&grant.client_id) else {
+                    return self.send_message(session, Message::AlreadyDenied).await;
+                };
+                let shown = display_user_code(&user_code);
+                let csrf = self.csrf_token(&browser, &user_code);
+                let html = self.pages.consent(&Consent {
+                    action: &action,
+                    client_id: &client.client_id,
+                    client_name: &client.name,
+                    user_code: &shown,
+                    scopes: &grant.scopes,
+                    age_secs: now.saturating_sub(grant.created_at),
+                    requester_ip: grant.requester_ip.as_deref(),
+                    csrf: &csrf,
+                });
+                self.send_page(session, 200, html, new_cookie).await
+            }
+            act @ ("approve" | "deny") => {
+                // The approve/deny form must come from a page this browser got from us.
+                let csrf = params.get("csrf").unwrap_or("");
+                if new_cookie.is_some() || !self.csrf_ok(&browser, &user_code, csrf) {
+                    tracing::warn!("verification form with a bad CSRF token");
+                    return self.send_message(session, Message::LoginMismatch).await;
+                }
+                if act == "deny" {
+                    return match self.device.deny(&user_code, now).await {
+                        Ok(g) => {
+                            tracing::info!(grant = %g.id, client_id = %g.client_id, "device authorization denied by the user");
+                            self.send_message(session, Message::Denied).await
+                        }
+                        Err(e) => self.browser_error(session, e).await,
+                    };
+                }
+                self.approve(session, &user_code, &browser, now).await
+            }
+            _ => self.send_message(session, Message::BadRequest).await,
+        }
+    }
+
+    /// Approve pressed: bind a fresh login to the grant and send the browser to the IdP.
+    async fn approve(&self, session: &mut Session, user_code: &str, browser: &str, now: u64) -> Result<bool> {
+        let disc = match self.oidc.discovery().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the upstream login");
+                return self.send_message(session, Message::LoginRetry).await;
+            }
+        };
+        let login = Login {
+            state_secret: random_token(16),
+            nonce: random_token(16),
+            pkce_verifier: random_token(32),
+            browser_binding: self.browser_binding(browser),
+            started_at: now,
+        };
+        let grant = match self.device.begin_login(user_code, login.clone(), now).await {
+            Ok(g) => g,
+            Err(e) => return self.browser_error(session, e).await,
+        };
+        let Ok(client) = self.known_client(&grant.client_id) else {
+            return self.send_message(session, Message::AlreadyDenied).await;
+        };
+        let state = format!("{}.{}", grant.id, login.state_secret);
+        let url = self
+            .oidc
+            .authorize_url(&disc, client, &grant.scopes, &state, &login.nonce, &login.pkce_verifier);
+        tracing::info!(grant = %grant.id, client_id = %grant.client_id, "upstream login started");
+        let mut headers = security_headers("'none'");
+        headers.push(("Location", url.to_string()));
+        self.send(session, 303, headers, Vec::new()).await
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Login callback from the IdP.
+
+    async fn callback(&self, session: &mut Session) -> Result<bool> {
+        if session.req_header().method != Method::GET {
+            return self.send_message(session, Message::BadRequest).await;
+        }
+        let Ok(q) = Self::query_params(session) else {
+            return self.send_message(session, Message::BadRequest).await;
+        };
+        let Some((id, secret)) = q.get("state").and_then(|s| s.split_once('.')) else {
+            return self.send_message(session, Message::LoginMismatch).await;
+        };
+        let binding = Self::session_cookie(session, self.cookie_name)
+            .map(|b| self.browser_binding(&b))
+            .unwrap_or_default();
+        let grant = match self.device.by_id(id).await {
+            Ok(Some(g)) => g,
+            Ok(None) => return self.send_message(session, Message::LoginMismatch).await,
+            Err(e) => return self.browser_error(session, BrowserError::Store(e)).await,
+        };
+        // A missing, replayed or foreign state changes nothing.
+        if let Err(r) = grant.check_login(secret, &binding) {
+            tracing::warn!(grant = %grant.id, ?r, "login callback refused");
+            return self.send_message(session, Self::refusal_page(r)).await;
+        }
+        let Status::Authorizing(login) = &grant.status else {
+            return self.send_message(session, Message::LoginMismatch).await;
+        };
+        let now = now();
+        let fail = |reason: String, retryable: bool| {
+            let (secret, binding) = (secret.to_string(), binding.clone());
+            move |g: &mut crate::device::Grant| g.fail_login(&secret, &binding, &reason, retryable)
+        };
+        let client = match self.config.clients.get(&grant.client_id) {
+            Some(c) if c.enabled => c,
+            _ => {
+                let _ = self
+                    .device
+                    .transition(Key::Id(id), fail("the client is disabled".into(), false))
+                    .await;
+                return self.send_message(session, Message::LoginFailed).await;
+            }
+        };
+        if let Some(err) = q.get("error") {
+            tracing::info!(grant = %grant.id, error = err, "the identity provider refused the login");
+            let reason = format!("the identity provider refused the login: {err}");
+            return match self.device.transition(Key::Id(id), fail(reason, false)).await {
+                Ok(_) => self.send_message(session, Message::LoginFailed).await,
+                Err(e) => self.browser_error(session, e).await,
+            };
+        }
+        let Some(code) = q.get("code") else {
+            return self.send_message(session, Message::BadRequest).await;
+        };
+        let (page, outcome) = match self
+            .oidc
+            .exchange_code(client, code, &login.pkce_verifier, &login.nonce, now)
+            .await
+        {
+            Ok(res) => {
+                let subject = res.subject.clone();
+                let tokens = res.tokens;
+                let (secret, binding) = (secret.to_string(), binding.clone());
+                let r = self
+                    .device
+                    .transition(Key::Id(id), move |g| {
+                        g.approve(&secret, &binding, tokens.clone(), Some(subject.clone()), now)
+                    })
+                    .await;
+                tracing::info!(grant = %grant.id, client_id = %grant.client_id, sub = %res.subject, "device authorization approved");
+                (Message::Approved, r)
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                tracing::warn!(grant = %grant.id, error = %e, "upstream code exchange failed");
+                let reason = match &e {
+                    UpstreamError::Refused { error, .. } => format!("the identity provider refused the login: {error}"),
+                    _ => "the login at the identity provider could not be verified".into(),
+                };
+                let page = if transient { Message::LoginRetry } else { Message::LoginFailed };
+                (page, self.device.transition(Key::Id(id), fail(reason, transient)).await)
+            }
+        };
+        match outcome {
+            Ok(_) => self.send_message(session, page).await,
+            Err(e) => self.browser_error(session, e).await,
+        }
+    }
+}
+
+const UNKNOWN_CODE: &str =
+    "We don't recognise that code. Check it against your device and try again.";
+const MALFORMED_CODE: &str =
+    "That doesn't look like a code from your device: codes are 8 letters, like BCDF-GHJK.";
+
+fn json_headers() -> Vec<(&'static str, String)> {
+    vec![
+        ("Content-Type", "application/json".to_string()),
+        ("Cache-Control", "no-store".to_string()),
+    ]
+}
+
+fn header_name(lower: &str) -> &'static str {
+    match lower {
+        "content-type" => "Content-Type",
+        "cache-control" => "Cache-Control",
+        "expires" => "Expires",
+        "vary" => "Vary",
+        "access-control-allow-origin" => "Access-Control-Allow-Origin",
+        "access-control-allow-credentials" => "Access-Control-Allow-Credentials",
+        _ => "Access-Control-Expose-Headers",
+    }
+}
+
+/// The client id of an `Authorization: Basic` header (RFC 6749 §2.3.1: both parts are
+/// form-urlencoded before base64).
+fn basic_client_id(header: &str) -> Option<String> {
+    let (scheme, creds) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = STANDARD.decode(creds.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (id, _secret) = text.split_once(':')?;
+    let id: String = form_urlencoded::parse(format!("x={id}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+        let path = session.req_header().uri.path().to_string();
+        let method = session.req_header().method.clone();
+        let d = &self.config.device;
+        if path == d.authorization_path {
+            return self.device_authorization(session).await;
+        }
+        if path == d.verification_path {
+            return self.verification(session).await;
+        }
+        if path == d.callback_path {
+            return self.callback(session).await;
+        }
+        if method == Method::GET && self.discovery_paths.contains(&path) {
+            return self.discovery(session).await;
+        }
+        if method == Method::POST && self.is_token_path(&path).await {
+            return self.token(session).await;
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+        let up = &self.config.upstream;
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.timeout);
+        peer.options.total_connection_timeout = Some(up.timeout);
+        peer.options.read_timeout = Some(up.timeout);
+        peer.options.write_timeout = Some(up.timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(ip) = Self::client_ip(session) {
+            let xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream_request.insert_header("X-Forwarded-For", xff)?;
+        }
+        // The gateway is the public origin: the scheme clients used is public_url's.
+        upstream_request.insert_header("X-Forwarded-Proto", self.config.public_url.scheme())?;
+        Ok(())
+    }
+}
+
+/// Turns a construction failure into a Pingora error.
+pub fn startup_error(msg: String) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials() {
+        let h = format!("Basic {}", STANDARD.encode("tv%3Aapp:secret"));
+        assert_eq!(basic_client_id(&h).as_deref(), Some("tv:app"));
+        assert_eq!(basic_client_id("Bearer x"), None);
+        assert_eq!(basic_client_id("Basic !!!"), None);
+        assert_eq!(basic_client_id(&format!("Basic {}", STANDARD.encode(":x"))), None);
+    }
+}

@@ -1,0 +1,28 @@
+//! Building and running the Pingora server from a validated [`Config`].
+
+use std::sync::Arc;
+
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use crate::config::Config;
+use crate::proxy::Gateway;
+
+/// A Pingora server with the gateway listening on `config.listen`.
+pub fn build(config: Config) -> Result<Server, String> {
+    let config = Arc::new(config);
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let gateway = Gateway::new(config.clone())?;
+    let mut service = http_proxy_service(&server.configuration, gateway);
+    service.add_tcp(&config.listen.to_string());
+    server.add_service(service);
+    Ok(server)
+}
