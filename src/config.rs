@@ -60,6 +60,8 @@ struct FileUpstream {
     /// Seconds for connecting to and hearing from the IdP (back channel and pass-through).
     #[serde(default = "default_upstream_timeout")]
     timeout: u64,
+    /// Path of the IdP's token endpoint; learned from discovery when omitted.
+    token_path: Option<String>,
 }
 
 fn default_upstream_timeout() -> u64 {
@@ -184,6 +186,8 @@ pub struct Upstream {
     /// Host of the issuer: the TLS SNI, and the `Host` of back-channel requests.
     pub sni: String,
     pub timeout: Duration,
+    /// Path of the IdP's token endpoint when configured; otherwise learned from discovery.
+    pub token_path: Option<String>,
 }
 
 /// Device-flow settings.
@@ -254,7 +258,10 @@ impl Config {
     }
 
     /// Validates a configuration text; `env` looks up `${NAME}` variables.
-    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigErrors> {
         let mut errs = Errors::default();
         let mut root: Value = match serde_norway::from_str(text) {
             Ok(v) => v,
@@ -265,7 +272,10 @@ impl Config {
         };
         expand_env(&mut root, "", env, &mut errs);
         let Value::Mapping(map) = &root else {
-            errs.push("(file)", "must be a mapping of keys such as `listen` and `upstream`");
+            errs.push(
+                "(file)",
+                "must be a mapping of keys such as `listen` and `upstream`",
+            );
             return Err(ConfigErrors(errs.0));
         };
         for k in map.keys() {
@@ -273,7 +283,10 @@ impl Config {
             if !TOP_LEVEL_KEYS.contains(&name) {
                 errs.push(
                     name,
-                    format!("unknown key, expected one of: {}", TOP_LEVEL_KEYS.join(", ")),
+                    format!(
+                        "unknown key, expected one of: {}",
+                        TOP_LEVEL_KEYS.join(", ")
+                    ),
                 );
             }
         }
@@ -296,19 +309,22 @@ impl Config {
         let clients = validate_clients(&mut errs, get("clients"));
 
         match (listen, public_url, upstream, device, store, server) {
-            (Some(listen), Some(public_url), Some(upstream), Some(device), Some(store), Some(server))
-                if errs.0.is_empty() =>
-            {
-                Ok(Config {
-                    listen,
-                    public_url,
-                    upstream,
-                    device,
-                    store,
-                    clients,
-                    server,
-                })
-            }
+            (
+                Some(listen),
+                Some(public_url),
+                Some(upstream),
+                Some(device),
+                Some(store),
+                Some(server),
+            ) if errs.0.is_empty() => Ok(Config {
+                listen,
+                public_url,
+                upstream,
+                device,
+                store,
+                clients,
+                server,
+            }),
             _ => Err(ConfigErrors(errs.0)),
         }
     }
@@ -407,7 +423,9 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                ));
             }
             match env(name) {
                 Some(val) => out.push_str(&val),
@@ -431,11 +449,17 @@ fn parse_socket_addr(errs: &mut Errors, key: &str, s: &str, resolve: bool) -> Op
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
     if !has_port {
-        errs.push(key, format!("'{s}' is not an address of the form host:port"));
+        errs.push(
+            key,
+            format!("'{s}' is not an address of the form host:port"),
+        );
         return None;
     }
     if !resolve {
-        errs.push(key, format!("'{s}' is not an IP address and port, e.g. 127.0.0.1:8080"));
+        errs.push(
+            key,
+            format!("'{s}' is not an IP address and port, e.g. 127.0.0.1:8080"),
+        );
         return None;
     }
     match s.to_socket_addrs().map(|mut a| a.next()) {
@@ -452,12 +476,18 @@ fn parse_origin(errs: &mut Errors, key: &str, s: &str) -> Option<Url> {
     let url = match Url::parse(s) {
         Ok(u) => u,
         Err(e) => {
-            errs.push(key, format!("'{s}' is not a URL with a scheme, e.g. https://id.example.com ({e})"));
+            errs.push(
+                key,
+                format!("'{s}' is not a URL with a scheme, e.g. https://id.example.com ({e})"),
+            );
             return None;
         }
     };
     if url.scheme() != "http" && url.scheme() != "https" {
-        errs.push(key, format!("scheme must be http or https, not '{}'", url.scheme()));
+        errs.push(
+            key,
+            format!("scheme must be http or https, not '{}'", url.scheme()),
+        );
         return None;
     }
     if url.host_str().is_none_or(str::is_empty) {
@@ -478,6 +508,9 @@ fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Upstream> {
     if u.timeout == 0 || u.timeout > 300 {
         errs.push("upstream.timeout", "must be between 1 and 300 seconds");
     }
+    if let Some(p) = &u.token_path {
+        validate_path(errs, "upstream.token_path", p);
+    }
     let (addr, issuer) = (addr?, issuer?);
     let sni = issuer.host_str().unwrap_or_default().to_string();
     Some(Upstream {
@@ -487,6 +520,7 @@ fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Upstream> {
         tls: u.tls,
         sni,
         timeout: Duration::from_secs(u.timeout),
+        token_path: u.token_path,
     })
 }
 
@@ -509,12 +543,22 @@ fn validate_device(errs: &mut Errors, d: FileDevice) -> Option<Device> {
     validate_path(errs, "device.authorization_path", &d.authorization_path);
     validate_path(errs, "device.verification_path", &d.verification_path);
     validate_path(errs, "device.callback_path", &d.callback_path);
-    let paths = [&d.authorization_path, &d.verification_path, &d.callback_path];
+    let paths = [
+        &d.authorization_path,
+        &d.verification_path,
+        &d.callback_path,
+    ];
     if paths.iter().collect::<HashSet<_>>().len() != paths.len() {
-        errs.push("device", "authorization_path, verification_path and callback_path must differ");
+        errs.push(
+            "device",
+            "authorization_path, verification_path and callback_path must differ",
+        );
     }
-    if !(60..=86_400).contains(&d.expires_in) {
-        errs.push("device.expires_in", "must be between 60 and 86400 seconds");
+    if !(1..=86_400).contains(&d.expires_in) {
+        errs.push(
+            "device.expires_in",
+            "must be between 1 and 86400 seconds (RFC 8628 suggests minutes, e.g. 600)",
+        );
     }
     if !(1..=60).contains(&d.interval) {
         errs.push("device.interval", "must be between 1 and 60 seconds");
@@ -532,7 +576,10 @@ fn validate_store(errs: &mut Errors, s: FileStore) -> Option<StoreConfig> {
     let backend = match s.backend.as_str() {
         "memory" => Some(Backend::Memory),
         other => {
-            errs.push("store.backend", format!("unknown backend '{other}', expected: memory"));
+            errs.push(
+                "store.backend",
+                format!("unknown backend '{other}', expected: memory"),
+            );
             None
         }
     };
@@ -580,14 +627,19 @@ fn validate_clients(errs: &mut Errors, v: Option<Value>) -> BTreeMap<String, Cli
             && c.client_id.len() <= 255
             && c.client_id.chars().all(|ch| ch.is_ascii_graphic());
         if !id_ok {
-            errs.push(&format!("{key}.client_id"), "must be 1 to 255 printable ASCII characters without spaces");
+            errs.push(
+                &format!("{key}.client_id"),
+                "must be 1 to 255 printable ASCII characters without spaces",
+            );
             continue;
         }
         if c.allowed_scopes.is_empty()
-            || c
-                .allowed_scopes
-                .iter()
-                .any(|s| s.is_empty() || !s.chars().all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\\'))
+            || c.allowed_scopes.iter().any(|s| {
+                s.is_empty()
+                    || !s
+                        .chars()
+                        .all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\\')
+            })
         {
             errs.push(
                 &format!("{key}.allowed_scopes"),
@@ -595,16 +647,25 @@ fn validate_clients(errs: &mut Errors, v: Option<Value>) -> BTreeMap<String, Cli
             );
         }
         if c.client_secret.as_deref() == Some("") {
-            errs.push(&format!("{key}.client_secret"), "is empty: remove it for a public client");
+            errs.push(
+                &format!("{key}.client_secret"),
+                "is empty: remove it for a public client",
+            );
         }
         if out.contains_key(&c.client_id) {
-            errs.push(&format!("{key}.client_id"), format!("duplicate client id '{}'", c.client_id));
+            errs.push(
+                &format!("{key}.client_id"),
+                format!("duplicate client id '{}'", c.client_id),
+            );
             continue;
         }
         out.insert(
             c.client_id.clone(),
             Client {
-                name: c.name.filter(|n| !n.trim().is_empty()).unwrap_or_else(|| c.client_id.clone()),
+                name: c
+                    .name
+                    .filter(|n| !n.trim().is_empty())
+                    .unwrap_or_else(|| c.client_id.clone()),
                 client_id: c.client_id,
                 client_secret: c.client_secret.filter(|s| !s.is_empty()).map(Secret),
                 allowed_scopes: c.allowed_scopes,
@@ -652,7 +713,10 @@ clients:
         assert_eq!(c.device.interval, 5);
         assert_eq!(c.store.max_pending, 100_000);
         let tv = &c.clients["tv-app"];
-        assert_eq!(tv.client_secret.as_ref().map(Secret::expose), Some("s3cret"));
+        assert_eq!(
+            tv.client_secret.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
         assert!(tv.enabled);
         // The secret never shows in debug output.
         assert!(!format!("{c:?}").contains("s3cret"));
@@ -668,7 +732,7 @@ upstream:
   issuer: http://localhost:8080
   colour: blue
 device:
-  expires_in: 5
+  expires_in: 0
 store:
   backend: etcd
 clients:
@@ -688,7 +752,7 @@ extra: 1
         has("listen", "host:port");
         has("public_url", "scheme");
         has("upstream", "unknown field `colour`");
-        has("device.expires_in", "between 60");
+        has("device.expires_in", "between 1");
         has("store.backend", "etcd");
         has("clients[1].client_id", "duplicate");
         has("clients[2].client_secret", "MISSING_SECRET is not set");
@@ -698,10 +762,18 @@ extra: 1
     #[test]
     fn bad_addresses_and_paths() {
         let errs = errors(&GOOD.replace("127.0.0.1:3000", "127.0.0.1:99999"));
-        assert!(errs.iter().any(|e| e.starts_with("upstream.address")), "{errs:?}");
-        let yaml = format!("{GOOD}device:\n  authorization_path: device/code\n  callback_path: /device\n");
+        assert!(
+            errs.iter().any(|e| e.starts_with("upstream.address")),
+            "{errs:?}"
+        );
+        let yaml =
+            format!("{GOOD}device:\n  authorization_path: device/code\n  callback_path: /device\n");
         let errs = errors(&yaml);
-        assert!(errs.iter().any(|e| e.starts_with("device.authorization_path")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("device.authorization_path")),
+            "{errs:?}"
+        );
         assert!(errs.iter().any(|e| e.contains("must differ")), "{errs:?}");
         let errs = errors(&GOOD.replace("http://localhost:8080/", "ftp://localhost"));
         assert!(errs.iter().any(|e| e.starts_with("public_url")), "{errs:?}");
@@ -714,7 +786,9 @@ extra: 1
         let env = |n: &str| (n == "A").then(|| "x".to_string());
         assert_eq!(expand_str("a${A}b", &env).unwrap(), "axb");
         assert_eq!(expand_str("$${A} $5", &env).unwrap(), "${A} $5");
-        assert!(expand_str("${B}", &env).unwrap_err().contains("B is not set"));
+        assert!(expand_str("${B}", &env)
+            .unwrap_err()
+            .contains("B is not set"));
         assert!(expand_str("${A", &env).is_err());
         assert!(expand_str("${1A}", &env).is_err());
     }

@@ -49,8 +49,13 @@ mod tests {
     #[test]
     fn adds_endpoint_and_grant_keeping_the_rest() {
         let doc = br#"{"issuer":"https://id.example","token_endpoint":"https://id.example/token","grant_types_supported":["authorization_code","refresh_token"]}"#;
-        let out: Value = serde_json::from_slice(&rewrite(doc, "https://id.example/device/code").unwrap()).unwrap();
-        assert_eq!(out["device_authorization_endpoint"], "https://id.example/device/code");
+        let out: Value =
+            serde_json::from_slice(&rewrite(doc, "https://id.example/device/code").unwrap())
+                .unwrap();
+        assert_eq!(
+            out["device_authorization_endpoint"],
+            "https://id.example/device/code"
+        );
         assert_eq!(
             out["grant_types_supported"],
             serde_json::json!(["authorization_code", "refresh_token", DEVICE_GRANT])
@@ -76,7 +81,10 @@ mod tests {
     fn paths() {
         assert_eq!(
             well_known_paths("/"),
-            ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"]
+            [
+                "/.well-known/openid-configuration",
+                "/.well-known/oauth-authorization-server"
+            ]
         );
         assert_eq!(
             well_known_paths("/realms/demo"),

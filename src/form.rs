@@ -38,7 +38,10 @@ impl Params {
 
     /// The value of `name`; an empty value counts as absent.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// The value of a required parameter.
@@ -50,9 +53,10 @@ impl Params {
 
 /// Checks that a request's `Content-Type` is a form (parameters such as `charset` allowed).
 pub fn is_form_content_type(value: Option<&str>) -> bool {
-    value
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    value.and_then(|v| v.split(';').next()).is_some_and(|v| {
+        v.trim()
+            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
 }
 
 #[cfg(test)]
@@ -74,8 +78,12 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert!(is_form_content_type(Some("application/x-www-form-urlencoded")));
-        assert!(is_form_content_type(Some("Application/X-WWW-Form-Urlencoded; charset=utf-8")));
+        assert!(is_form_content_type(Some(
+            "application/x-www-form-urlencoded"
+        )));
+        assert!(is_form_content_type(Some(
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8"
+        )));
         assert!(!is_form_content_type(Some("application/json")));
         assert!(!is_form_content_type(None));
     }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use openidconnect::core::{
     CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
 };
-use openidconnect::{ClientId, ClientSecret, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier};
+use openidconnect::{
+    ClientId, ClientSecret, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier,
+};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 use url::Url;
@@ -73,6 +75,8 @@ pub struct Oidc {
     http: reqwest::Client,
     config: Arc<Config>,
     discovery: RwLock<Option<Arc<Discovery>>>,
+    /// When discovery was last tried without success being cached.
+    last_attempt: std::sync::Mutex<Option<Instant>>,
     jwks: RwLock<Option<(Arc<CoreJsonWebKeySet>, Instant)>>,
 }
 
@@ -100,6 +104,7 @@ impl Oidc {
             http,
             config,
             discovery: RwLock::new(None),
+            last_attempt: std::sync::Mutex::new(None),
             jwks: RwLock::new(None),
         })
     }
@@ -187,7 +192,22 @@ impl Oidc {
         self.learn_discovery(&resp.body).await
     }
 
-    /// The discovery already loaded, without fetching.
+    /// Tries to load discovery unless an attempt was made in the last five seconds.
+    pub async fn discovery_if_due(&self) -> Option<Arc<Discovery>> {
+        {
+            let mut last = self
+                .last_attempt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return None;
+            }
+            *last = Some(Instant::now());
+        }
+        self.discovery().await.ok()
+    }
+
+    /// The discovery already loaded (possibly stale), without fetching.
     pub async fn cached_discovery(&self) -> Option<Arc<Discovery>> {
         self.discovery.read().await.clone()
     }
@@ -197,7 +217,10 @@ impl Oidc {
         let doc: Map<String, Value> = serde_json::from_slice(body)
             .map_err(|e| UpstreamError::Invalid(format!("discovery is not a JSON object: {e}")))?;
         // OpenID Connect Discovery §4.3: the issuer in the document must be the one configured.
-        let issuer = doc.get("issuer").and_then(Value::as_str).unwrap_or_default();
+        let issuer = doc
+            .get("issuer")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let want = self.config.upstream.issuer.as_str();
         if issuer.trim_end_matches('/') != want.trim_end_matches('/') {
             return Err(UpstreamError::Invalid(format!(
@@ -291,7 +314,8 @@ impl Oidc {
         match &client.client_secret {
             // RFC 6749 §2.3.1: Basic with form-urlencoded id and secret.
             Some(secret) if disc.basic_auth => {
-                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 req = req.basic_auth(enc(&client.client_id), Some(enc(secret.expose())));
             }
             Some(secret) => {
@@ -305,9 +329,12 @@ impl Oidc {
             .finish();
         let resp = self
             .send(
-                req.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .header(http::header::ACCEPT, "application/json")
-                    .body(body),
+                req.header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .header(http::header::ACCEPT, "application/json")
+                .body(body),
             )
             .await?;
         let json: Map<String, Value> = serde_json::from_slice(&resp.body).map_err(|_| {
@@ -340,7 +367,9 @@ impl Oidc {
             });
         }
         if json.get("access_token").and_then(Value::as_str).is_none() {
-            return Err(UpstreamError::Invalid("token response lacks access_token".into()));
+            return Err(UpstreamError::Invalid(
+                "token response lacks access_token".into(),
+            ));
         }
         let id_token = json
             .get("id_token")
@@ -364,7 +393,10 @@ impl Oidc {
         let disc = self.discovery().await?;
         let resp = self.get(&disc.jwks_uri).await?;
         if resp.status != 200 {
-            return Err(UpstreamError::Invalid(format!("JWKS answered HTTP {}", resp.status)));
+            return Err(UpstreamError::Invalid(format!(
+                "JWKS answered HTTP {}",
+                resp.status
+            )));
         }
         let set: CoreJsonWebKeySet = serde_json::from_slice(&resp.body)
             .map_err(|e| UpstreamError::Invalid(format!("JWKS is not a key set: {e}")))?;
@@ -385,8 +417,15 @@ impl Oidc {
         let token: CoreIdToken = id_token
             .parse()
             .map_err(|e| UpstreamError::Invalid(format!("ID token is not a JWT: {e}")))?;
-        let issuer = IssuerUrl::new(self.config.upstream.issuer.as_str().trim_end_matches('/').to_string())
-            .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        let issuer = IssuerUrl::new(
+            self.config
+                .upstream
+                .issuer
+                .as_str()
+                .trim_end_matches('/')
+                .to_string(),
+        )
+        .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         let mut last_err = String::new();
         for force in [false, true] {
             let keys = self.keys(force).await?;
@@ -398,7 +437,11 @@ impl Oidc {
                     issuer.clone(),
                     (*keys).clone(),
                 ),
-                None => CoreIdTokenVerifier::new_public_client(client_id, issuer.clone(), (*keys).clone()),
+                None => CoreIdTokenVerifier::new_public_client(
+                    client_id,
+                    issuer.clone(),
+                    (*keys).clone(),
+                ),
             }
             .set_allowed_algs([
                 CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
@@ -419,13 +462,18 @@ impl Oidc {
                 Err(e) => {
                     last_err = e.to_string();
                     // Only a signature problem can be cured by fresh keys.
-                    if !matches!(e, openidconnect::ClaimsVerificationError::SignatureVerification(_)) {
+                    if !matches!(
+                        e,
+                        openidconnect::ClaimsVerificationError::SignatureVerification(_)
+                    ) {
                         break;
                     }
                 }
             }
         }
-        Err(UpstreamError::Invalid(format!("ID token rejected: {last_err}")))
+        Err(UpstreamError::Invalid(format!(
+            "ID token rejected: {last_err}"
+        )))
     }
 }
 

@@ -27,7 +27,9 @@ use sha2::Sha256;
 
 use crate::config::{Client, Config};
 use crate::device::code::{display_user_code, normalize_user_code, random_token};
-use crate::device::service::{resolve_scopes, BrowserError, DeviceService, Timing, EXPIRED_GRACE_SECS};
+use crate::device::service::{
+    resolve_scopes, BrowserError, DeviceService, Timing, EXPIRED_GRACE_SECS,
+};
 use crate::device::{memory::MemoryStore, Key, Login, Refusal, Status};
 use crate::discovery::{self, DEVICE_GRANT};
 use crate::error::OAuthError;
@@ -115,7 +117,11 @@ impl Gateway {
         resp.insert_header("Content-Length", body.len().to_string())?;
         let head_only = session.req_header().method == Method::HEAD;
         session.write_response_header(Box::new(resp), false).await?;
-        let body = if head_only { Bytes::new() } else { Bytes::from(body) };
+        let body = if head_only {
+            Bytes::new()
+        } else {
+            Bytes::from(body)
+        };
         session.write_response_body(Some(body), true).await?;
         Ok(true)
     }
@@ -222,8 +228,12 @@ impl Gateway {
         let body = match self.read_body(session).await? {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
-                let e = OAuthError::InvalidRequest(format!("the body is larger than {MAX_FORM_BODY} bytes"));
-                return Ok(Err(self.send(session, 413, json_headers(), e.to_json()).await?));
+                let e = OAuthError::InvalidRequest(format!(
+                    "the body is larger than {MAX_FORM_BODY} bytes"
+                ));
+                return Ok(Err(self
+                    .send(session, 413, json_headers(), e.to_json())
+                    .await?));
             }
         };
         if !is_form_content_type(Self::header(session, "content-type")) {
@@ -253,7 +263,9 @@ impl Gateway {
             )),
             (Some(b), _) => Ok(b),
             (None, Some(p)) => Ok(p.to_string()),
-            (None, None) => Err(OAuthError::InvalidRequest("missing parameter 'client_id'".into())),
+            (None, None) => Err(OAuthError::InvalidRequest(
+                "missing parameter 'client_id'".into(),
+            )),
         }
     }
 
@@ -305,7 +317,8 @@ impl Gateway {
             "expires_in": issued.expires_in,
             "interval": issued.interval,
         });
-        self.send_json(session, 200, body.to_string().into_bytes()).await
+        self.send_json(session, 200, body.to_string().into_bytes())
+            .await
     }
 
     async fn method_not_allowed(&self, session: &mut Session, allow: &str) -> Result<bool> {
@@ -319,10 +332,14 @@ impl Gateway {
     // Token endpoint: device-code polls (RFC 8628 §3.4, §3.5); other grants pass through.
 
     async fn is_token_path(&self, path: &str) -> bool {
+        if let Some(p) = &self.config.upstream.token_path {
+            return p == path;
+        }
         let disc = match self.oidc.cached_discovery().await {
             Some(d) => Some(d),
-            // Not loaded yet (first request, or the IdP was down): try now.
-            None => self.oidc.discovery().await.ok(),
+            // Not loaded yet (first request, or the IdP was down): try now, at most every few
+            // seconds so a dead IdP does not slow every POST.
+            None => self.oidc.discovery_if_due().await,
         };
         disc.is_some_and(|d| {
             d.token_endpoint.path() == path
@@ -336,7 +353,9 @@ impl Gateway {
         let body = match self.read_body(session).await? {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
-                let e = OAuthError::InvalidRequest(format!("the body is larger than {MAX_FORM_BODY} bytes"));
+                let e = OAuthError::InvalidRequest(format!(
+                    "the body is larger than {MAX_FORM_BODY} bytes"
+                ));
                 return self.send(session, 413, json_headers(), e.to_json()).await;
             }
         };
@@ -389,7 +408,9 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "discovery fetch failed");
-                let e = OAuthError::TemporarilyUnavailable("the identity provider is unreachable".into());
+                let e = OAuthError::TemporarilyUnavailable(
+                    "the identity provider is unreachable".into(),
+                );
                 return self.send(session, 502, json_headers(), e.to_json()).await;
             }
         };
@@ -460,7 +481,11 @@ impl Gateway {
 
     /// CSRF token for the consent form: bound to the browser session and the user code.
     fn csrf_token(&self, browser: &str, user_code: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac("csrf", &[browser, user_code]).finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(
+            self.mac("csrf", &[browser, user_code])
+                .finalize()
+                .into_bytes(),
+        )
     }
 
     fn csrf_ok(&self, browser: &str, user_code: &str, token: &str) -> bool {
@@ -468,7 +493,9 @@ impl Gateway {
             return false;
         };
         // Constant-time comparison: the token is a secret an attacker may probe.
-        self.mac("csrf", &[browser, user_code]).verify_slice(&raw).is_ok()
+        self.mac("csrf", &[browser, user_code])
+            .verify_slice(&raw)
+            .is_ok()
     }
 
     /// What a grant's login is bound to: a keyed hash of the browser session cookie.
@@ -497,7 +524,9 @@ impl Gateway {
     }
 
     async fn code_error(&self, session: &mut Session, typed: &str, error: &str) -> Result<bool> {
-        let html = self.pages.enter(&self.config.device.verification_path, typed, Some(error));
+        let html = self
+            .pages
+            .enter(&self.config.device.verification_path, typed, Some(error));
         self.send_page(session, 400, html, None).await
     }
 
@@ -529,11 +558,15 @@ impl Gateway {
             let mut headers = security_headers("'none'");
             headers.push(("Allow", "GET, POST".into()));
             headers.push(("Content-Type", "text/plain; charset=utf-8".into()));
-            return self.send(session, 405, headers, b"Method not allowed".to_vec()).await;
+            return self
+                .send(session, 405, headers, b"Method not allowed".to_vec())
+                .await;
         }
         let body = match self.read_body(session).await? {
             Ok(b) => b,
-            Err(BodyError::TooLarge) => return self.send_message(session, Message::BadRequest).await,
+            Err(BodyError::TooLarge) => {
+                return self.send_message(session, Message::BadRequest).await
+            }
         };
         let params = match Params::parse(&body) {
             Ok(p) if is_form_content_type(Self::header(session, "content-type")) => p,
@@ -591,7 +624,13 @@ impl Gateway {
     }
 
     /// Approve pressed: bind a fresh login to the grant and send the browser to the IdP.
-    async fn approve(&self, session: &mut Session, user_code: &str, browser: &str, now: u64) -> Result<bool> {
+    async fn approve(
+        &self,
+        session: &mut Session,
+        user_code: &str,
+        browser: &str,
+        now: u64,
+    ) -> Result<bool> {
         let disc = match self.oidc.discovery().await {
             Ok(d) => d,
             Err(e) => {
@@ -614,9 +653,14 @@ impl Gateway {
             return self.send_message(session, Message::AlreadyDenied).await;
         };
         let state = format!("{}.{}", grant.id, login.state_secret);
-        let url = self
-            .oidc
-            .authorize_url(&disc, client, &grant.scopes, &state, &login.nonce, &login.pkce_verifier);
+        let url = self.oidc.authorize_url(
+            &disc,
+            client,
+            &grant.scopes,
+            &state,
+            &login.nonce,
+            &login.pkce_verifier,
+        );
         tracing::info!(grant = %grant.id, client_id = %grant.client_id, "upstream login started");
         let mut headers = security_headers("'none'");
         headers.push(("Location", url.to_string()));
@@ -670,7 +714,11 @@ impl Gateway {
         if let Some(err) = q.get("error") {
             tracing::info!(grant = %grant.id, error = err, "the identity provider refused the login");
             let reason = format!("the identity provider refused the login: {err}");
-            return match self.device.transition(Key::Id(id), fail(reason, false)).await {
+            return match self
+                .device
+                .transition(Key::Id(id), fail(reason, false))
+                .await
+            {
                 Ok(_) => self.send_message(session, Message::LoginFailed).await,
                 Err(e) => self.browser_error(session, e).await,
             };
@@ -690,7 +738,13 @@ impl Gateway {
                 let r = self
                     .device
                     .transition(Key::Id(id), move |g| {
-                        g.approve(&secret, &binding, tokens.clone(), Some(subject.clone()), now)
+                        g.approve(
+                            &secret,
+                            &binding,
+                            tokens.clone(),
+                            Some(subject.clone()),
+                            now,
+                        )
                     })
                     .await;
                 tracing::info!(grant = %grant.id, client_id = %grant.client_id, sub = %res.subject, "device authorization approved");
@@ -700,11 +754,22 @@ impl Gateway {
                 let transient = e.is_transient();
                 tracing::warn!(grant = %grant.id, error = %e, "upstream code exchange failed");
                 let reason = match &e {
-                    UpstreamError::Refused { error, .. } => format!("the identity provider refused the login: {error}"),
+                    UpstreamError::Refused { error, .. } => {
+                        format!("the identity provider refused the login: {error}")
+                    }
                     _ => "the login at the identity provider could not be verified".into(),
                 };
-                let page = if transient { Message::LoginRetry } else { Message::LoginFailed };
-                (page, self.device.transition(Key::Id(id), fail(reason, transient)).await)
+                let page = if transient {
+                    Message::LoginRetry
+                } else {
+                    Message::LoginFailed
+                };
+                (
+                    page,
+                    self.device
+                        .transition(Key::Id(id), fail(reason, transient))
+                        .await,
+                )
             }
         };
         match outcome {
@@ -788,7 +853,11 @@ impl ProxyHttp for Gateway {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let up = &self.config.upstream;
         let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
         peer.options.connection_timeout = Some(up.timeout);
@@ -836,6 +905,9 @@ mod tests {
         assert_eq!(basic_client_id(&h).as_deref(), Some("tv:app"));
         assert_eq!(basic_client_id("Bearer x"), None);
         assert_eq!(basic_client_id("Basic !!!"), None);
-        assert_eq!(basic_client_id(&format!("Basic {}", STANDARD.encode(":x"))), None);
+        assert_eq!(
+            basic_client_id(&format!("Basic {}", STANDARD.encode(":x"))),
+            None
+        );
     }
 }

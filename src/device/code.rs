@@ -106,9 +106,18 @@ mod tests {
 
     #[test]
     fn normalisation_ignores_case_dashes_and_spaces() {
-        assert_eq!(normalize_user_code("WDJB-MJHT").as_deref(), Some("WDJBMJHT"));
-        assert_eq!(normalize_user_code("wdjb mjht").as_deref(), Some("WDJBMJHT"));
-        assert_eq!(normalize_user_code(" w-d-j-b-m-j-h-t ").as_deref(), Some("WDJBMJHT"));
+        assert_eq!(
+            normalize_user_code("WDJB-MJHT").as_deref(),
+            Some("WDJBMJHT")
+        );
+        assert_eq!(
+            normalize_user_code("wdjb mjht").as_deref(),
+            Some("WDJBMJHT")
+        );
+        assert_eq!(
+            normalize_user_code(" w-d-j-b-m-j-h-t ").as_deref(),
+            Some("WDJBMJHT")
+        );
         assert_eq!(normalize_user_code("WDJB-MJH"), None); // too short
         assert_eq!(normalize_user_code("WDJB-MJHTX"), None); // too long
         assert_eq!(normalize_user_code("WDJB-MJHA"), None); // vowel: not in the alphabet

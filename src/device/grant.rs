@@ -116,7 +116,9 @@ impl Grant {
         match &self.status {
             Status::Delivered => {
                 // Single use (§3.5, RFC 6749 §4.1.2): a replayed device code gets nothing.
-                return Err(OAuthError::InvalidGrant("the device code was already used".into()));
+                return Err(OAuthError::InvalidGrant(
+                    "the device code was already used".into(),
+                ));
             }
             Status::Denied { reason } => return Err(OAuthError::AccessDenied(reason.clone())),
             _ if self.is_expired(now) => return Err(OAuthError::ExpiredToken),
@@ -289,21 +291,34 @@ pub(crate) mod tests {
         assert_eq!(g.poll("tv", 1000), Err(OAuthError::AuthorizationPending));
         assert_eq!(g.poll("tv", 1005), Err(OAuthError::AuthorizationPending));
         // 2 s after the last poll: too fast.
-        assert_eq!(g.poll("tv", 1007), Err(OAuthError::SlowDown { interval: 10 }));
+        assert_eq!(
+            g.poll("tv", 1007),
+            Err(OAuthError::SlowDown { interval: 10 })
+        );
         // The grown interval stays: 5 s is now too fast, 10 s is fine.
-        assert_eq!(g.poll("tv", 1012), Err(OAuthError::SlowDown { interval: 15 }));
+        assert_eq!(
+            g.poll("tv", 1012),
+            Err(OAuthError::SlowDown { interval: 15 })
+        );
         assert_eq!(g.poll("tv", 1027), Err(OAuthError::AuthorizationPending));
         assert_eq!(g.interval, 15);
 
         g.begin_login(login(), 1030).unwrap();
         assert_eq!(g.poll("tv", 1045), Err(OAuthError::AuthorizationPending));
-        g.approve("s", "b", tokens(), Some("alice".into()), 1050).unwrap();
+        g.approve("s", "b", tokens(), Some("alice".into()), 1050)
+            .unwrap();
         // Approved answers at once, even when polled too fast: slow_down means "still pending".
         let t = g.poll("tv", 1052).unwrap();
         assert_eq!(t["access_token"], "at");
-        assert_eq!(t["expires_in"], 3598, "expires_in counts the 2 s the tokens waited");
+        assert_eq!(
+            t["expires_in"], 3598,
+            "expires_in counts the 2 s the tokens waited"
+        );
         assert_eq!(g.status, Status::Delivered);
-        assert!(matches!(g.poll("tv", 1100), Err(OAuthError::InvalidGrant(_))));
+        assert!(matches!(
+            g.poll("tv", 1100),
+            Err(OAuthError::InvalidGrant(_))
+        ));
     }
 
     #[test]
@@ -312,7 +327,9 @@ pub(crate) mod tests {
         g.deny("the user denied the request", 10).unwrap();
         assert_eq!(
             g.poll("tv", 11),
-            Err(OAuthError::AccessDenied("the user denied the request".into()))
+            Err(OAuthError::AccessDenied(
+                "the user denied the request".into()
+            ))
         );
         assert_eq!(g.deny("again", 12), Err(Refusal::AlreadyDenied));
         assert_eq!(g.begin_login(login(), 12), Err(Refusal::AlreadyDenied));
@@ -327,14 +344,20 @@ pub(crate) mod tests {
         // Tokens that arrive after expiry are refused.
         let mut g = grant(0);
         g.begin_login(login(), 10).unwrap();
-        assert_eq!(g.approve("s", "b", tokens(), None, 600), Err(Refusal::Expired));
+        assert_eq!(
+            g.approve("s", "b", tokens(), None, 600),
+            Err(Refusal::Expired)
+        );
     }
 
     #[test]
     fn another_clients_poll_changes_nothing() {
         let mut g = grant(0);
         let before = g.clone();
-        assert!(matches!(g.poll("evil", 1), Err(OAuthError::InvalidGrant(_))));
+        assert!(matches!(
+            g.poll("evil", 1),
+            Err(OAuthError::InvalidGrant(_))
+        ));
         assert_eq!(g, before);
     }
 
@@ -376,6 +399,9 @@ pub(crate) mod tests {
         let mut g = grant(0);
         g.begin_login(login(), 1).unwrap();
         let shown = format!("{g:?}");
-        assert!(!shown.contains("pkce_verifier") && !shown.contains("nonce"), "{shown}");
+        assert!(
+            !shown.contains("pkce_verifier") && !shown.contains("nonce"),
+            "{shown}"
+        );
     }
 }

@@ -108,7 +108,7 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    async fn len(&self) -> Result<u64, StoreError> {
+    async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.live.load(Ordering::Acquire))
     }
 }
@@ -134,7 +134,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(store.get(Key::UserCode(&g.user_code)).await.unwrap(), None);
         store.grants.run_pending_tasks().await;
-        assert_eq!(store.len().await.unwrap(), 0);
+        assert_eq!(store.count().await.unwrap(), 0);
         store.by_user_code.run_pending_tasks().await;
         store.insert(&g).await.unwrap();
     }

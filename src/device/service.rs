@@ -68,7 +68,10 @@ fn store_to_oauth(e: StoreError) -> OAuthError {
 
 /// Resolves the `scope` parameter against the client's allowed scopes (RFC 6749 §3.3). When the
 /// parameter is absent or empty, the client gets all of its allowed scopes.
-pub fn resolve_scopes(requested: Option<&str>, allowed: &[String]) -> Result<Vec<String>, OAuthError> {
+pub fn resolve_scopes(
+    requested: Option<&str>,
+    allowed: &[String],
+) -> Result<Vec<String>, OAuthError> {
     let mut scopes: Vec<String> = Vec::new();
     for s in requested.unwrap_or("").split(' ').filter(|s| !s.is_empty()) {
         if !allowed.iter().any(|a| a == s) {
@@ -217,7 +220,7 @@ impl DeviceService {
 
     /// Number of stored grants.
     pub async fn stored(&self) -> Result<u64, StoreError> {
-        self.store.len().await
+        self.store.count().await
     }
 }
 
@@ -240,7 +243,10 @@ mod tests {
 
     #[test]
     fn scopes() {
-        let allowed: Vec<String> = ["openid", "profile"].iter().map(|s| s.to_string()).collect();
+        let allowed: Vec<String> = ["openid", "profile"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(resolve_scopes(None, &allowed).unwrap(), allowed);
         assert_eq!(resolve_scopes(Some(""), &allowed).unwrap(), allowed);
         assert_eq!(
@@ -256,7 +262,10 @@ mod tests {
     #[tokio::test]
     async fn full_flow_through_the_store() {
         let svc = service(10);
-        let issued = svc.authorize("tv", vec!["openid".into()], None, 100).await.unwrap();
+        let issued = svc
+            .authorize("tv", vec!["openid".into()], None, 100)
+            .await
+            .unwrap();
         assert_eq!(issued.expires_in, 600);
         assert_eq!(
             svc.poll("tv", &issued.device_code, 100).await,
@@ -275,7 +284,10 @@ mod tests {
             browser_binding: "b".into(),
             started_at: 111,
         };
-        let g = svc.begin_login(&issued.user_code, login, 111).await.unwrap();
+        let g = svc
+            .begin_login(&issued.user_code, login, 111)
+            .await
+            .unwrap();
         let mut tokens = TokenSet::new();
         tokens.insert("access_token".into(), "AT".into());
         svc.transition(Key::Id(&g.id), |g| {
@@ -283,7 +295,10 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(svc.poll("tv", &issued.device_code, 120).await.unwrap(), tokens);
+        assert_eq!(
+            svc.poll("tv", &issued.device_code, 120).await.unwrap(),
+            tokens
+        );
         assert!(matches!(
             svc.poll("tv", &issued.device_code, 130).await,
             Err(OAuthError::InvalidGrant(_))

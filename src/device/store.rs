@@ -54,7 +54,7 @@ pub trait Store: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// How many grants are stored (an upper bound for backends that expire lazily).
-    async fn len(&self) -> Result<u64, StoreError>;
+    async fn count(&self) -> Result<u64, StoreError>;
 }
 
 /// One conformance suite for every backend (as Dex runs one storage suite on all of its
@@ -79,11 +79,15 @@ pub(crate) mod conformance {
         let store = make(10);
         let g = numbered(1);
         store.insert(&g).await.unwrap();
-        for key in [Key::Id("id1"), Key::DeviceCodeHash("hash1"), Key::UserCode("CODE0001")] {
+        for key in [
+            Key::Id("id1"),
+            Key::DeviceCodeHash("hash1"),
+            Key::UserCode("CODE0001"),
+        ] {
             assert_eq!(store.get(key).await.unwrap().as_ref(), Some(&g), "{key:?}");
         }
         assert_eq!(store.get(Key::UserCode("NOPE")).await.unwrap(), None);
-        assert_eq!(store.len().await.unwrap(), 1);
+        assert_eq!(store.count().await.unwrap(), 1);
 
         // A second grant may not take a live user code.
         let mut dup = numbered(2);
@@ -98,8 +102,17 @@ pub(crate) mod conformance {
             .await
             .unwrap();
         assert!(found);
-        let denied = store.get(Key::DeviceCodeHash("hash1")).await.unwrap().unwrap();
-        assert_eq!(denied.status, Status::Denied { reason: "no".into() });
+        let denied = store
+            .get(Key::DeviceCodeHash("hash1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            denied.status,
+            Status::Denied {
+                reason: "no".into()
+            }
+        );
         assert!(!store.update(Key::Id("missing"), &mut |_| {}).await.unwrap());
 
         // Capacity: max_pending grants and no more.

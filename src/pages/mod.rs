@@ -201,9 +201,14 @@ mod tests {
         assert!(html.contains("Know who you are"));
         for m in [Message::Approved, Message::Expired, Message::LoginMismatch] {
             let html = p.message(m, "/device");
-            assert!(html.contains(&m.parts().1.replace('\'', "&#x27;")), "{html}");
+            assert!(
+                html.contains(&m.parts().1.replace('\'', "&#x27;")),
+                "{html}"
+            );
         }
-        assert!(p.message(Message::Expired, "/device").contains("href=\"&#x2f;device\""));
+        assert!(p
+            .message(Message::Expired, "/device")
+            .contains("href=\"&#x2f;device\""));
         assert!(!p.message(Message::Approved, "/device").contains("href="));
     }
 }
