@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs every prerequisite on a Debian machine and runs devicegate's whole test suite:
+# formatting, clippy, unit tests, and the end-to-end tests against a real OpenID Connect
+# provider (oidc-provider on node) with a real headless Chromium.
+#
+#   sudo ./scripts/test.sh        (as root: runs apt-get update, then installs what is missing)
+#
+# Needs a Rust toolchain (rustup) already on the machine; everything else it installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake build-essential pkg-config curl nodejs npm chromium ca-certificates)
+if [ "$(id -u)" -eq 0 ]; then
+  echo "==> apt-get update && apt-get install ${packages[*]}"
+  apt-get update -qq
+  # Keep a newer nodejs that is already installed (e.g. from NodeSource): only add what is missing.
+  missing=()
+  for p in "${packages[@]}"; do
+    case "$p" in
+      nodejs) command -v node >/dev/null || missing+=(nodejs) ;;
+      npm) command -v npm >/dev/null || missing+=(npm) ;;
+      *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
+    esac
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "==> not root: assuming ${packages[*]} are installed (run as root to install them)"
+fi
+
+fail() { echo "ERROR: $*" >&2; exit 1; }
+command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup (https://rustup.rs)"
+command -v cmake >/dev/null || fail "cmake not found: apt-get install cmake (Pingora builds zlib-ng with it)"
+command -v node >/dev/null || fail "node not found: apt-get install nodejs npm"
+command -v chromium >/dev/null || fail "chromium not found: apt-get install chromium"
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || fail "node $(node --version) is too old for oidc-provider 9: install node 20 or newer"
+
+echo "==> npm ci (test IdP and browser driver, from tests/idp/package-lock.json)"
+npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --locked --all-targets
