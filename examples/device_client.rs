@@ -28,7 +28,9 @@ const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let issuer = args.next().unwrap_or_else(|| "http://localhost:8080".into());
+    let issuer = args
+        .next()
+        .unwrap_or_else(|| "http://localhost:8080".into());
     let client_id = args.next().unwrap_or_else(|| "tv-app".into());
     let scope = args
         .next()
@@ -60,17 +62,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .json()
         .await?;
     if let Some(e) = dev["error"].as_str() {
-        return Err(format!("device authorization refused: {e}: {}", dev["error_description"]).into());
+        return Err(format!(
+            "device authorization refused: {e}: {}",
+            dev["error_description"]
+        )
+        .into());
     }
     let device_code = dev["device_code"].as_str().ok_or("no device_code")?;
     let mut interval = dev["interval"].as_u64().unwrap_or(5);
     println!();
-    println!("  On your phone or computer, open:  {}", dev["verification_uri"].as_str().unwrap_or_default());
-    println!("  and enter the code:               {}", dev["user_code"].as_str().unwrap_or_default());
+    println!(
+        "  On your phone or computer, open:  {}",
+        dev["verification_uri"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  and enter the code:               {}",
+        dev["user_code"].as_str().unwrap_or_default()
+    );
     println!();
-    println!("  (or open {} directly)", dev["verification_uri_complete"].as_str().unwrap_or_default());
+    println!(
+        "  (or open {} directly)",
+        dev["verification_uri_complete"]
+            .as_str()
+            .unwrap_or_default()
+    );
     println!();
-    println!("Waiting for approval (polling every {interval} s, code valid {} s)...", dev["expires_in"]);
+    println!(
+        "Waiting for approval (polling every {interval} s, code valid {} s)...",
+        dev["expires_in"]
+    );
 
     loop {
         tokio::time::sleep(Duration::from_secs(interval)).await;
@@ -104,7 +124,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some("authorization_pending") => {}
             Some("slow_down") => interval += 5,
             Some(e) => {
-                println!("\nNo tokens: {e} ({})", resp["error_description"].as_str().unwrap_or(""));
+                println!(
+                    "\nNo tokens: {e} ({})",
+                    resp["error_description"].as_str().unwrap_or("")
+                );
                 std::process::exit(1);
             }
         }

@@ -414,66 +414,74 @@ impl Oidc {
         nonce: &str,
         now: u64,
     ) -> Result<String, UpstreamError> {
-        let token: CoreIdToken = id_token
-            .parse()
-            .map_err(|e| UpstreamError::Invalid(format!("ID token is not a JWT: {e}")))?;
-        let issuer = IssuerUrl::new(
-            self.config
-                .upstream
-                .issuer
-                .as_str()
-                .trim_end_matches('/')
-                .to_string(),
-        )
-        .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
-        let mut last_err = String::new();
+        let issuer = self.config.upstream.issuer.as_str().trim_end_matches('/');
+        let mut result = Err(IdTokenError::Malformed(String::new()));
         for force in [false, true] {
             let keys = self.keys(force).await?;
-            let client_id = ClientId::new(client.client_id.clone());
-            let verifier = match &client.client_secret {
-                Some(s) => CoreIdTokenVerifier::new_confidential_client(
-                    client_id,
-                    ClientSecret::new(s.expose().to_string()),
-                    issuer.clone(),
-                    (*keys).clone(),
-                ),
-                None => CoreIdTokenVerifier::new_public_client(
-                    client_id,
-                    issuer.clone(),
-                    (*keys).clone(),
-                ),
-            }
-            .set_allowed_algs([
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
-                CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha256,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha384,
-                CoreJwsSigningAlgorithm::RsaSsaPssSha512,
-                CoreJwsSigningAlgorithm::EcdsaP256Sha256,
-                CoreJwsSigningAlgorithm::EcdsaP384Sha384,
-                CoreJwsSigningAlgorithm::EdDsa,
-            ])
-            .set_time_fn(move || {
-                chrono::DateTime::from_timestamp(now as i64, 0).unwrap_or_default()
-            });
-            match token.claims(&verifier, &Nonce::new(nonce.to_string())) {
-                Ok(claims) => return Ok(claims.subject().to_string()),
-                Err(e) => {
-                    last_err = e.to_string();
-                    // Only a signature problem can be cured by fresh keys.
-                    if !matches!(
-                        e,
-                        openidconnect::ClaimsVerificationError::SignatureVerification(_)
-                    ) {
-                        break;
-                    }
-                }
+            result = check_id_token(client, issuer, &keys, id_token, nonce, now);
+            // Only a signature problem can be cured by fresh keys.
+            if !matches!(result, Err(IdTokenError::Signature(_))) {
+                break;
             }
         }
-        Err(UpstreamError::Invalid(format!(
-            "ID token rejected: {last_err}"
-        )))
+        result.map_err(|e| UpstreamError::Invalid(format!("ID token rejected: {e}")))
+    }
+}
+
+/// Why an ID token was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum IdTokenError {
+    #[error("not a valid JWT: {0}")]
+    Malformed(String),
+    #[error("signature: {0}")]
+    Signature(String),
+    #[error("{0}")]
+    Claims(String),
+}
+
+/// Checks an ID token (OIDC Core §3.1.3.7): signature by a key of `keys` with an asymmetric
+/// algorithm, `iss`, `aud` (and `azp`), `exp` against `now`, and `nonce`. Returns `sub`.
+pub fn check_id_token(
+    client: &Client,
+    issuer: &str,
+    keys: &CoreJsonWebKeySet,
+    id_token: &str,
+    nonce: &str,
+    now: u64,
+) -> Result<String, IdTokenError> {
+    let token: CoreIdToken = id_token
+        .parse()
+        .map_err(|e: serde_json::Error| IdTokenError::Malformed(e.to_string()))?;
+    let issuer =
+        IssuerUrl::new(issuer.to_string()).map_err(|e| IdTokenError::Claims(e.to_string()))?;
+    let client_id = ClientId::new(client.client_id.clone());
+    let verifier = match &client.client_secret {
+        Some(s) => CoreIdTokenVerifier::new_confidential_client(
+            client_id,
+            ClientSecret::new(s.expose().to_string()),
+            issuer,
+            keys.clone(),
+        ),
+        None => CoreIdTokenVerifier::new_public_client(client_id, issuer, keys.clone()),
+    }
+    .set_allowed_algs([
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha512,
+        CoreJwsSigningAlgorithm::RsaSsaPssSha256,
+        CoreJwsSigningAlgorithm::RsaSsaPssSha384,
+        CoreJwsSigningAlgorithm::RsaSsaPssSha512,
+        CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+        CoreJwsSigningAlgorithm::EcdsaP384Sha384,
+        CoreJwsSigningAlgorithm::EdDsa,
+    ])
+    .set_time_fn(move || chrono::DateTime::from_timestamp(now as i64, 0).unwrap_or_default());
+    match token.claims(&verifier, &Nonce::new(nonce.to_string())) {
+        Ok(claims) => Ok(claims.subject().to_string()),
+        Err(openidconnect::ClaimsVerificationError::SignatureVerification(e)) => {
+            Err(IdTokenError::Signature(e.to_string()))
+        }
+        Err(e) => Err(IdTokenError::Claims(e.to_string())),
     }
 }
 
@@ -487,4 +495,131 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openidconnect::core::{CoreIdTokenClaims, CoreRsaPrivateSigningKey};
+    use openidconnect::{
+        Audience, EmptyAdditionalClaims, JsonWebKeyId, PrivateSigningKey, StandardClaims,
+        SubjectIdentifier,
+    };
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+
+    const ISSUER: &str = "https://id.example.test";
+    const NOW: u64 = 1_800_000_000;
+
+    fn signing_key(kid: &str) -> CoreRsaPrivateSigningKey {
+        let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let pem = key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
+        CoreRsaPrivateSigningKey::from_pem(&pem, Some(JsonWebKeyId::new(kid.into()))).unwrap()
+    }
+
+    #[derive(Clone, Copy)]
+    struct Token<'a> {
+        issuer: &'a str,
+        aud: &'a str,
+        nonce: &'a str,
+        exp: u64,
+    }
+
+    fn sign(key: &CoreRsaPrivateSigningKey, t: Token<'_>) -> String {
+        let claims = CoreIdTokenClaims::new(
+            IssuerUrl::new(t.issuer.into()).unwrap(),
+            vec![Audience::new(t.aud.into())],
+            chrono::DateTime::from_timestamp(t.exp as i64, 0).unwrap(),
+            chrono::DateTime::from_timestamp(NOW as i64 - 10, 0).unwrap(),
+            StandardClaims::new(SubjectIdentifier::new("alice".into())),
+            EmptyAdditionalClaims {},
+        )
+        .set_nonce(Some(Nonce::new(t.nonce.into())));
+        let token = CoreIdToken::new(
+            claims,
+            key,
+            CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+            None,
+            None,
+        )
+        .unwrap();
+        token.to_string()
+    }
+
+    fn client() -> Client {
+        Client {
+            client_id: "tv".into(),
+            name: "TV".into(),
+            client_secret: None,
+            allowed_scopes: vec!["openid".into()],
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn id_token_checks() {
+        let key = signing_key("k1");
+        let other = signing_key("k1");
+        let keys = CoreJsonWebKeySet::new(vec![key.as_verification_key()]);
+        let good = Token {
+            issuer: ISSUER,
+            aud: "tv",
+            nonce: "n1",
+            exp: NOW + 300,
+        };
+        let check = |jwt: &str, nonce: &str, now: u64| {
+            check_id_token(&client(), ISSUER, &keys, jwt, nonce, now)
+        };
+
+        assert_eq!(check(&sign(&key, good), "n1", NOW).unwrap(), "alice");
+
+        let bad = [
+            ("wrong nonce", sign(&key, Token { ..good }), "n2", NOW),
+            ("expired", sign(&key, Token { ..good }), "n1", NOW + 301),
+            (
+                "other issuer",
+                sign(
+                    &key,
+                    Token {
+                        issuer: "https://evil.test",
+                        ..good
+                    },
+                ),
+                "n1",
+                NOW,
+            ),
+            (
+                "other audience",
+                sign(
+                    &key,
+                    Token {
+                        aud: "someone-else",
+                        ..good
+                    },
+                ),
+                "n1",
+                NOW,
+            ),
+            (
+                "signed by another key",
+                sign(&other, Token { ..good }),
+                "n1",
+                NOW,
+            ),
+            ("not a JWT", "abc.def".to_string(), "n1", NOW),
+        ];
+        for (name, jwt, nonce, now) in bad {
+            assert!(check(&jwt, nonce, now).is_err(), "{name} was accepted");
+        }
+        assert!(matches!(
+            check(&sign(&other, Token { ..good }), "n1", NOW),
+            Err(IdTokenError::Signature(_))
+        ));
+        // A token with its payload swapped keeps no valid signature.
+        let jwt = sign(&key, good);
+        let evil = sign(&key, Token { aud: "x", ..good });
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let evil_parts: Vec<&str> = evil.split('.').collect();
+        let spliced = format!("{}.{}.{}", parts[0], evil_parts[1], parts[2]);
+        assert!(check(&spliced, "n1", NOW).is_err());
+    }
 }

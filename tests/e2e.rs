@@ -646,3 +646,118 @@ fn check_flag_lists_every_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A plain HTTP/1.1 upstream that answers every request with a description of what it received
+/// (method, target, headers, body length and hash), to check what pass-through does to requests.
+async fn echo_upstream() -> u16 {
+    use sha2::{Digest, Sha256};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let mut lines = head.split("\r\n");
+                let request_line = lines.next().unwrap_or_default().to_string();
+                let mut headers = serde_json::Map::new();
+                let mut length = 0usize;
+                for l in lines.filter(|l| !l.is_empty()) {
+                    if let Some((k, v)) = l.split_once(':') {
+                        let k = k.trim().to_ascii_lowercase();
+                        if k == "content-length" {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        headers.insert(k, json!(v.trim()));
+                    }
+                }
+                let mut body = buf[head_end..].to_vec();
+                while body.len() < length {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                let report = json!({
+                    "request_line": request_line,
+                    "headers": headers,
+                    "body_len": body.len(),
+                    "body_sha256": format!("{:x}", Sha256::digest(&body)),
+                })
+                .to_string();
+                let resp = format!(
+                    "HTTP/1.1 418 I'm a teapot\r\nContent-Type: application/json\r\nX-Echo: yes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{report}",
+                    report.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_keeps_requests_intact() {
+    use sha2::{Digest, Sha256};
+    let port = echo_upstream().await;
+    let env = Env::start(Options {
+        upstream_port: Some(port),
+        ..Options::default()
+    })
+    .await;
+    let host = env.url.trim_start_matches("http://").to_string();
+    let big: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let resp = env
+            .http
+            .request(
+                method.parse().unwrap(),
+                format!("{}/some/path?x=1&y=%20", env.url),
+            )
+            .header("x-custom", "kept")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 418, "{method}: upstream status relayed");
+        assert_eq!(resp.headers()["x-echo"], "yes");
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(
+            s(&seen["request_line"]),
+            format!("{method} /some/path?x=1&y=%20 HTTP/1.1")
+        );
+        let h = &seen["headers"];
+        assert_eq!(s(&h["host"]), host, "Host is kept");
+        assert_eq!(s(&h["x-custom"]), "kept");
+        assert_eq!(s(&h["x-forwarded-for"]), "203.0.113.9, 127.0.0.1");
+        assert_eq!(s(&h["x-forwarded-proto"]), "http");
+        assert_eq!(seen["body_len"], big.len(), "{method}");
+        assert_eq!(
+            s(&seen["body_sha256"]),
+            format!("{:x}", Sha256::digest(&big)),
+            "{method}: body bytes unchanged"
+        );
+    }
+    // A GET to a path devicegate does not own passes too.
+    let resp = env
+        .http
+        .get(format!("{}/interaction/abc", env.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 418);
+}

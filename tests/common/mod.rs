@@ -56,6 +56,8 @@ pub struct Options {
     pub max_pending: u64,
     /// Point the gateway at a port where nothing listens (IdP down).
     pub idp_down: bool,
+    /// Point the gateway at this port on 127.0.0.1 instead of starting the IdP.
+    pub upstream_port: Option<u16>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             interval: 1,
             max_pending: 1000,
             idp_down: false,
+            upstream_port: None,
         }
     }
 }
@@ -86,7 +89,9 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let (idp, idp_port) = if opts.idp_down {
+        let (idp, idp_port) = if let Some(p) = opts.upstream_port {
+            (None, p)
+        } else if opts.idp_down {
             (None, free_port())
         } else {
             let (p, idp_port) = start_idp(&url);
