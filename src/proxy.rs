@@ -680,6 +680,14 @@ impl Gateway {
         let Some((id, secret)) = q.get("state").and_then(|s| s.split_once('.')) else {
             return self.send_message(session, Message::LoginMismatch).await;
         };
+        // RFC 9207: a response naming another issuer is a mix-up attempt; ignore it.
+        let issuer = self.config.upstream.issuer.as_str().trim_end_matches('/');
+        if q.get("iss")
+            .is_some_and(|iss| iss.trim_end_matches('/') != issuer)
+        {
+            tracing::warn!("login callback from another issuer refused");
+            return self.send_message(session, Message::LoginMismatch).await;
+        }
         let binding = Self::session_cookie(session, self.cookie_name)
             .map(|b| self.browser_binding(&b))
             .unwrap_or_default();

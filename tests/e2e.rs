@@ -537,6 +537,17 @@ async fn verification_page_errors_are_pages_not_failures() {
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["response_type"], "code");
     assert!(!q["nonce"].is_empty());
+    // A response claiming another issuer (RFC 9207 mix-up) is refused, even from the right browser.
+    let mixup = format!(
+        "/device/callback?code=x&iss=https%3A%2F%2Fevil.test&state={}",
+        q["state"]
+    );
+    let resp = page(&mixup)
+        .header("cookie", &login.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
     let callback = format!("/device/callback?error=access_denied&state={}", q["state"]);
     let resp = page(&callback).send().await.unwrap();
     assert_eq!(resp.status(), 400);
