@@ -95,6 +95,7 @@ impl Default for FileDevice {
 struct FileStore {
     backend: String,
     max_pending: u64,
+    redis: Option<FileRedis>,
 }
 
 impl Default for FileStore {
@@ -102,8 +103,33 @@ impl Default for FileStore {
         Self {
             backend: "memory".into(),
             max_pending: 100_000,
+            redis: None,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRedis {
+    url: String,
+    #[serde(default = "default_key_prefix")]
+    key_prefix: String,
+    #[serde(default = "default_pool_size")]
+    pool_size: usize,
+    #[serde(default = "default_command_timeout_ms")]
+    command_timeout_ms: u64,
+}
+
+fn default_key_prefix() -> String {
+    "devicegate:".into()
+}
+
+fn default_pool_size() -> usize {
+    4
+}
+
+fn default_command_timeout_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +188,10 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -203,7 +233,23 @@ pub struct Device {
 /// Grant storage backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
+    /// The embedded moka cache: one gateway instance.
     Memory,
+    /// A Redis server shared by every gateway instance.
+    Redis(Redis),
+}
+
+/// Where the shared Redis store is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// `redis://`, `rediss://` (TLS) or `unix://` URL; may hold a password, so it is a secret.
+    pub url: Secret,
+    /// Prepended to every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Multiplexed connections opened to Redis.
+    pub pool_size: usize,
+    /// Bound on every store operation, connecting included: past it the store is unavailable.
+    pub command_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -573,23 +619,85 @@ fn validate_device(errs: &mut Errors, d: FileDevice) -> Option<Device> {
 }
 
 fn validate_store(errs: &mut Errors, s: FileStore) -> Option<StoreConfig> {
-    let backend = match s.backend.as_str() {
-        "memory" => Some(Backend::Memory),
-        other => {
+    let before = errs.0.len();
+    let backend = match (s.backend.as_str(), s.redis) {
+        ("memory", None) => Some(Backend::Memory),
+        ("memory", Some(_)) => {
+            errs.push(
+                "store.redis",
+                "is only used with `backend: redis`: set the backend or remove this section",
+            );
+            None
+        }
+        ("redis", Some(r)) => validate_redis(errs, r).map(Backend::Redis),
+        ("redis", None) => {
+            errs.push(
+                "store.redis.url",
+                "is required with `backend: redis` (e.g. redis://127.0.0.1:6379/0)",
+            );
+            None
+        }
+        (other, _) => {
             errs.push(
                 "store.backend",
-                format!("unknown backend '{other}', expected: memory"),
+                format!("unknown backend '{other}', expected: memory or redis"),
             );
             None
         }
     };
     if s.max_pending == 0 {
         errs.push("store.max_pending", "must be at least 1");
-        return None;
     }
-    Some(StoreConfig {
+    (errs.0.len() == before).then_some(StoreConfig {
         backend: backend?,
         max_pending: s.max_pending,
+    })
+}
+
+fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
+    let before = errs.0.len();
+    // The URL may carry a password: errors describe it but never repeat it.
+    match Url::parse(&r.url) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_none() => {
+            errs.push("store.redis.url", "has no host");
+        }
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix") => {
+            if redis::Client::open(r.url.as_str()).is_err() {
+                errs.push(
+                    "store.redis.url",
+                    "is not a valid Redis URL (expected redis://[:password@]host[:port][/db])",
+                );
+            }
+        }
+        Ok(u) => errs.push(
+            "store.redis.url",
+            format!(
+                "unsupported scheme '{}', expected redis://, rediss:// (TLS) or unix://",
+                u.scheme()
+            ),
+        ),
+        Err(e) => errs.push("store.redis.url", format!("not a URL: {e}")),
+    }
+    if r.key_prefix.is_empty() || r.key_prefix.chars().any(char::is_whitespace) {
+        errs.push(
+            "store.redis.key_prefix",
+            "must be non-empty and without spaces (e.g. `devicegate:`)",
+        );
+    }
+    if !(1..=64).contains(&r.pool_size) {
+        errs.push("store.redis.pool_size", "must be between 1 and 64");
+    }
+    if !(10..=60_000).contains(&r.command_timeout_ms) {
+        errs.push(
+            "store.redis.command_timeout_ms",
+            "must be between 10 and 60000 milliseconds",
+        );
+    }
+    (errs.0.len() == before).then(|| Redis {
+        url: Secret(r.url),
+        key_prefix: r.key_prefix,
+        pool_size: r.pool_size,
+        command_timeout: Duration::from_millis(r.command_timeout_ms),
     })
 }
 
@@ -779,6 +887,59 @@ extra: 1
         assert!(errs.iter().any(|e| e.starts_with("public_url")), "{errs:?}");
         assert!(errors("[1, 2]").iter().any(|e| e.contains("mapping")));
         assert!(errors("listen: [").iter().any(|e| e.contains("YAML")));
+    }
+
+    #[test]
+    fn redis_store() {
+        let yaml = format!(
+            "{GOOD}store:\n  backend: redis\n  redis:\n    url: redis://:${{TV_APP_SECRET}}@127.0.0.1:6379/2\n"
+        );
+        let c = Config::from_yaml(&yaml, &env).unwrap();
+        let Backend::Redis(r) = &c.store.backend else {
+            panic!("not redis: {:?}", c.store.backend)
+        };
+        assert_eq!(r.url.expose(), "redis://:s3cret@127.0.0.1:6379/2");
+        assert_eq!(r.key_prefix, "devicegate:");
+        assert_eq!(r.pool_size, 4);
+        assert_eq!(r.command_timeout, Duration::from_secs(1));
+        // The password in the URL never shows in debug output.
+        assert!(!format!("{c:?}").contains("s3cret"));
+
+        let bad = |store: &str| errors(&format!("{GOOD}store:\n{store}"));
+        let has = |errs: Vec<String>, key: &str, text: &str| {
+            assert!(
+                errs.iter().any(|e| e.starts_with(key) && e.contains(text)),
+                "no error for {key} containing '{text}' in {errs:#?}"
+            );
+            // Errors describe the URL but never repeat its password.
+            assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");
+        };
+        has(bad("  backend: redis\n"), "store.redis.url", "required");
+        has(
+            bad("  backend: memory\n  redis:\n    url: redis://x\n"),
+            "store.redis",
+            "only used with",
+        );
+        has(
+            bad("  backend: redis\n  redis:\n    url: http://:hunter2@x\n"),
+            "store.redis.url",
+            "unsupported scheme 'http'",
+        );
+        has(
+            bad("  backend: redis\n  redis:\n    url: redis://:hunter2@\n"),
+            "store.redis.url",
+            "",
+        );
+        let errs = bad(
+            "  backend: redis\n  redis:\n    url: redis://h\n    key_prefix: ''\n    pool_size: 0\n    command_timeout_ms: 5\n    db: 1\n",
+        );
+        has(errs.clone(), "store", "unknown field `db`");
+        let errs = bad(
+            "  backend: redis\n  redis:\n    url: redis://h\n    key_prefix: ''\n    pool_size: 0\n    command_timeout_ms: 5\n",
+        );
+        has(errs.clone(), "store.redis.key_prefix", "non-empty");
+        has(errs.clone(), "store.redis.pool_size", "between 1 and 64");
+        has(errs, "store.redis.command_timeout_ms", "between 10");
     }
 
     #[test]

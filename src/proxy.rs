@@ -21,16 +21,17 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
-use rand::{rngs::OsRng, RngCore};
 use serde_json::json;
 use sha2::Sha256;
+use tokio::sync::OnceCell;
 
-use crate::config::{Client, Config};
+use crate::config::{Backend, Client, Config};
 use crate::device::code::{display_user_code, normalize_user_code, random_token};
 use crate::device::service::{
     resolve_scopes, BrowserError, DeviceService, Timing, EXPIRED_GRACE_SECS,
 };
-use crate::device::{memory::MemoryStore, Key, Login, Refusal, Status};
+use crate::device::{memory::MemoryStore, redis::RedisStore};
+use crate::device::{Key, Login, Refusal, Status, Store, StoreError};
 use crate::discovery::{self, DEVICE_GRANT};
 use crate::error::OAuthError;
 use crate::form::{is_form_content_type, Params, MAX_FORM_BODY};
@@ -38,6 +39,9 @@ use crate::oidc::{Oidc, UpstreamError};
 use crate::pages::{security_headers, Consent, Message, Pages};
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Seconds a client is asked to wait after a 503 (store full or unreachable).
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// Seconds since the Unix epoch: the one place the glue reads the clock.
 fn now() -> u64 {
@@ -53,11 +57,52 @@ pub struct Gateway {
     device: DeviceService,
     oidc: Arc<Oidc>,
     pages: Pages,
-    /// Keyed MAC for CSRF tokens and browser bindings; its key is new at every start.
-    browser_mac: HmacSha256,
+    /// Keyed MAC for CSRF tokens and browser bindings, keyed with the store's shared secret
+    /// (fetched on first use, so a Redis that is down at start-up only delays it).
+    browser_mac: OnceCell<HmacSha256>,
     cookie_name: &'static str,
     secure_cookies: bool,
     discovery_paths: [String; 2],
+}
+
+/// CSRF tokens and browser bindings, under a key every instance sharing the store knows.
+#[derive(Clone, Copy)]
+struct BrowserKeys<'a>(&'a HmacSha256);
+
+impl BrowserKeys<'_> {
+    fn mac(self, purpose: &str, parts: &[&str]) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        mac.update(purpose.as_bytes());
+        for p in parts {
+            mac.update(&[0]);
+            mac.update(p.as_bytes());
+        }
+        mac
+    }
+
+    /// CSRF token for the consent form: bound to the browser session and the user code.
+    fn csrf_token(self, browser: &str, user_code: &str) -> String {
+        URL_SAFE_NO_PAD.encode(
+            self.mac("csrf", &[browser, user_code])
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    fn csrf_ok(self, browser: &str, user_code: &str, token: &str) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
+            return false;
+        };
+        // Constant-time comparison: the token is a secret an attacker may probe.
+        self.mac("csrf", &[browser, user_code])
+            .verify_slice(&raw)
+            .is_ok()
+    }
+
+    /// What a grant's login is bound to: a keyed hash of the browser session cookie.
+    fn browser_binding(self, browser: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac("bind", &[browser]).finalize().into_bytes())
+    }
 }
 
 /// A request body that could not be read.
@@ -69,7 +114,11 @@ impl Gateway {
     /// Builds the gateway with the store the configuration names.
     pub fn new(config: Arc<Config>) -> Result<Self, String> {
         let retain = std::time::Duration::from_secs(config.device.expires_in + EXPIRED_GRACE_SECS);
-        let store = Arc::new(MemoryStore::new(retain, config.store.max_pending));
+        let max = config.store.max_pending;
+        let store: Arc<dyn Store> = match &config.store.backend {
+            Backend::Memory => Arc::new(MemoryStore::new(retain, max)),
+            Backend::Redis(redis) => Arc::new(RedisStore::new(redis, retain, max)?),
+        };
         let device = DeviceService::new(
             store,
             Timing {
@@ -79,16 +128,13 @@ impl Gateway {
         );
         let oidc = Arc::new(Oidc::new(config.clone()).map_err(|e| e.to_string())?);
         let pages = Pages::new().map_err(|e| format!("loading page templates: {e}"))?;
-        let mut browser_key = [0u8; 32];
-        OsRng.fill_bytes(&mut browser_key);
-        let browser_mac = HmacSha256::new_from_slice(&browser_key).map_err(|e| e.to_string())?;
         let secure_cookies = config.public_url.scheme() == "https";
         Ok(Self {
             discovery_paths: discovery::well_known_paths(config.upstream.issuer.path()),
             device,
             oidc,
             pages,
-            browser_mac,
+            browser_mac: OnceCell::new(),
             // `__Host-` pins the cookie to this origin, but browsers only take it when Secure.
             cookie_name: if secure_cookies {
                 "__Host-devicegate"
@@ -145,6 +191,15 @@ impl Gateway {
                 ("WWW-Authenticate", "Basic realm=\"devicegate\"".to_string()),
             ];
             return self.send(session, 401, headers, e.to_json()).await;
+        }
+        if e.status() == 503 {
+            // RFC 9110 §10.2.3: tell well-behaved clients when to come back.
+            let headers = vec![
+                ("Content-Type", "application/json".to_string()),
+                ("Cache-Control", "no-store".to_string()),
+                ("Retry-After", RETRY_AFTER_SECS.to_string()),
+            ];
+            return self.send(session, 503, headers, e.to_json()).await;
         }
         self.send_json(session, e.status(), e.to_json()).await
     }
@@ -469,38 +524,16 @@ impl Gateway {
         )
     }
 
-    fn mac(&self, purpose: &str, parts: &[&str]) -> HmacSha256 {
-        let mut mac = self.browser_mac.clone();
-        mac.update(purpose.as_bytes());
-        for p in parts {
-            mac.update(&[0]);
-            mac.update(p.as_bytes());
-        }
-        mac
-    }
-
-    /// CSRF token for the consent form: bound to the browser session and the user code.
-    fn csrf_token(&self, browser: &str, user_code: &str) -> String {
-        URL_SAFE_NO_PAD.encode(
-            self.mac("csrf", &[browser, user_code])
-                .finalize()
-                .into_bytes(),
-        )
-    }
-
-    fn csrf_ok(&self, browser: &str, user_code: &str, token: &str) -> bool {
-        let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
-            return false;
-        };
-        // Constant-time comparison: the token is a secret an attacker may probe.
-        self.mac("csrf", &[browser, user_code])
-            .verify_slice(&raw)
-            .is_ok()
-    }
-
-    /// What a grant's login is bound to: a keyed hash of the browser session cookie.
-    fn browser_binding(&self, browser: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac("bind", &[browser]).finalize().into_bytes())
+    /// The browser MAC, keyed once from the store's shared secret.
+    async fn browser_keys(&self) -> Result<BrowserKeys<'_>, StoreError> {
+        self.browser_mac
+            .get_or_try_init(|| async {
+                let secret = self.device.shared_secret().await?;
+                HmacSha256::new_from_slice(&secret)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            })
+            .await
+            .map(BrowserKeys)
     }
 
     fn refusal_page(r: Refusal) -> Message {
@@ -577,6 +610,10 @@ impl Gateway {
             let shown: String = typed.chars().take(20).collect();
             return self.code_error(session, &shown, MALFORMED_CODE).await;
         };
+        let keys = match self.browser_keys().await {
+            Ok(k) => k,
+            Err(e) => return self.browser_error(session, BrowserError::Store(e)).await,
+        };
         let now = now();
         match params.get("action").unwrap_or("lookup") {
             "lookup" => {
@@ -588,7 +625,7 @@ impl Gateway {
                     return self.send_message(session, Message::AlreadyDenied).await;
                 };
                 let shown = display_user_code(&user_code);
-                let csrf = self.csrf_token(&browser, &user_code);
+                let csrf = keys.csrf_token(&browser, &user_code);
                 let html = self.pages.consent(&Consent {
                     action: &action,
                     client_id: &client.client_id,
@@ -604,7 +641,7 @@ impl Gateway {
             act @ ("approve" | "deny") => {
                 // The approve/deny form must come from a page this browser got from us.
                 let csrf = params.get("csrf").unwrap_or("");
-                if new_cookie.is_some() || !self.csrf_ok(&browser, &user_code, csrf) {
+                if new_cookie.is_some() || !keys.csrf_ok(&browser, &user_code, csrf) {
                     tracing::warn!("verification form with a bad CSRF token");
                     return self.send_message(session, Message::LoginMismatch).await;
                 }
@@ -617,7 +654,8 @@ impl Gateway {
                         Err(e) => self.browser_error(session, e).await,
                     };
                 }
-                self.approve(session, &user_code, &browser, now).await
+                let binding = keys.browser_binding(&browser);
+                self.approve(session, &user_code, binding, now).await
             }
             _ => self.send_message(session, Message::BadRequest).await,
         }
@@ -628,7 +666,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         user_code: &str,
-        browser: &str,
+        browser_binding: String,
         now: u64,
     ) -> Result<bool> {
         let disc = match self.oidc.discovery().await {
@@ -642,7 +680,7 @@ impl Gateway {
             state_secret: random_token(16),
             nonce: random_token(16),
             pkce_verifier: random_token(32),
-            browser_binding: self.browser_binding(browser),
+            browser_binding,
             started_at: now,
         };
         let grant = match self.device.begin_login(user_code, login.clone(), now).await {
@@ -688,8 +726,12 @@ impl Gateway {
             tracing::warn!("login callback from another issuer refused");
             return self.send_message(session, Message::LoginMismatch).await;
         }
+        let keys = match self.browser_keys().await {
+            Ok(k) => k,
+            Err(e) => return self.browser_error(session, BrowserError::Store(e)).await,
+        };
         let binding = Self::session_cookie(session, self.cookie_name)
-            .map(|b| self.browser_binding(&b))
+            .map(|b| keys.browser_binding(&b))
             .unwrap_or_default();
         let grant = match self.device.by_id(id).await {
             Ok(Some(g)) => g,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use moka::future::Cache;
+use rand::{rngs::OsRng, RngCore};
 
 use super::grant::Grant;
 use super::store::{Key, Store, StoreError};
@@ -20,6 +21,8 @@ pub struct MemoryStore {
     /// Live grants, kept exactly (moka's own count is eventually consistent).
     live: Arc<AtomicU64>,
     max_pending: u64,
+    /// Only this process uses the store, so its secret is new at every start.
+    secret: [u8; 32],
 }
 
 impl MemoryStore {
@@ -34,7 +37,10 @@ impl MemoryStore {
             })
             .build();
         let index = || Cache::builder().time_to_live(retain_for).build();
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
         Self {
+            secret,
             grants,
             by_user_code: index(),
             by_device_code: index(),
@@ -111,6 +117,10 @@ impl Store for MemoryStore {
     async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.live.load(Ordering::Acquire))
     }
+
+    async fn shared_secret(&self) -> Result<[u8; 32], StoreError> {
+        Ok(self.secret)
+    }
 }
 
 #[cfg(test)]
@@ -119,10 +129,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance() {
-        super::super::store::conformance::run(|max| {
-            MemoryStore::new(Duration::from_secs(600), max)
-        })
-        .await;
+        super::super::store::conformance::run(MemoryStore::new).await;
     }
 
     #[tokio::test]

@@ -4,12 +4,14 @@
 //! - [`grant`]: one pending authorization and its state machine (§3.4, §3.5).
 //! - [`store`]: the `Store` trait every backend implements, with its conformance suite.
 //! - [`memory`]: the embedded moka backend (the default).
+//! - [`redis`]: the Redis backend shared by several gateway instances.
 //! - [`service`]: the operations the HTTP layer calls (authorize, poll, approve, deny), which
 //!   combine the pieces above; the current time is always a parameter.
 
 pub mod code;
 pub mod grant;
 pub mod memory;
+pub mod redis;
 pub mod service;
 pub mod store;
 

@@ -62,7 +62,13 @@ fn store_to_oauth(e: StoreError) -> OAuthError {
         StoreError::Full => OAuthError::TemporarilyUnavailable(
             "too many pending device authorizations, try again later".into(),
         ),
-        other => OAuthError::TemporarilyUnavailable(other.to_string()),
+        other => {
+            // The detail (addresses, driver messages) is for the operator's log, not the device.
+            tracing::warn!(error = %other, "grant store failed");
+            OAuthError::TemporarilyUnavailable(
+                "the gateway cannot reach its grant store, try again later".into(),
+            )
+        }
     }
 }
 
@@ -216,6 +222,11 @@ impl DeviceService {
     /// The grant named by an upstream `state`'s id part.
     pub async fn by_id(&self, id: &str) -> Result<Option<Grant>, StoreError> {
         self.store.get(Key::Id(id)).await
+    }
+
+    /// The secret every instance sharing the store knows (see [`Store::shared_secret`]).
+    pub async fn shared_secret(&self) -> Result<[u8; 32], StoreError> {
+        self.store.shared_secret().await
     }
 
     /// Number of stored grants.

@@ -1,7 +1,7 @@
 //! The `Store` trait: where pending grants live.
 //!
-//! The protocol code only ever calls these four methods, so a backend (the embedded moka cache
-//! in [`super::memory`], Redis later) is swapped without touching it. Changes go through
+//! The protocol code only ever calls these methods, so a backend (the embedded moka cache
+//! in [`super::memory`], Redis in [`super::redis`]) is swapped without touching it. Changes go through
 //! [`Store::update`], a read-modify-write that the backend makes atomic (Dex's
 //! `UpdateDeviceToken` style): two polls at once cannot both take the tokens.
 
@@ -55,6 +55,11 @@ pub trait Store: Send + Sync {
 
     /// How many grants are stored (an upper bound for backends that expire lazily).
     async fn count(&self) -> Result<u64, StoreError>;
+
+    /// A random 32-byte secret, the same for every gateway instance sharing this store: it keys
+    /// the browser's CSRF tokens and login bindings, so a login started on one instance can
+    /// finish on another (and, with a persistent store, survives a restart).
+    async fn shared_secret(&self) -> Result<[u8; 32], StoreError>;
 }
 
 /// One conformance suite for every backend (as Dex runs one storage suite on all of its
@@ -65,6 +70,7 @@ pub(crate) mod conformance {
     use crate::device::grant::{tests::grant, Status};
     use crate::error::OAuthError;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn numbered(n: u64) -> Grant {
         let mut g = grant(1000);
@@ -74,9 +80,11 @@ pub(crate) mod conformance {
         g
     }
 
-    /// `make` builds a fresh, empty store holding at most `max_pending` grants.
-    pub(crate) async fn run<S: Store + 'static>(make: impl Fn(u64) -> S) {
-        let store = make(10);
+    /// `make(retain_for, max_pending)` builds a fresh, empty store keeping each grant
+    /// `retain_for` and holding at most `max_pending` grants.
+    pub(crate) async fn run<S: Store + 'static>(make: impl Fn(Duration, u64) -> S) {
+        let long = Duration::from_secs(600);
+        let store = make(long, 10);
         let g = numbered(1);
         store.insert(&g).await.unwrap();
         for key in [
@@ -115,15 +123,36 @@ pub(crate) mod conformance {
         );
         assert!(!store.update(Key::Id("missing"), &mut |_| {}).await.unwrap());
 
+        // The shared secret is stable and not trivially empty.
+        let secret = store.shared_secret().await.unwrap();
+        assert_eq!(store.shared_secret().await.unwrap(), secret);
+        assert_ne!(secret, [0u8; 32]);
+
         // Capacity: max_pending grants and no more.
-        let store = make(3);
+        let store = make(long, 3);
         for n in 0..3 {
             store.insert(&numbered(n)).await.unwrap();
         }
         assert_eq!(store.insert(&numbered(9)).await, Err(StoreError::Full));
 
+        // Expiry: past `retain_for` a grant is gone under every key, and its user code is free.
+        let store = make(Duration::from_millis(300), 10);
+        store.insert(&numbered(7)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        for key in [
+            Key::Id("id7"),
+            Key::DeviceCodeHash("hash7"),
+            Key::UserCode("CODE0007"),
+        ] {
+            assert_eq!(store.get(key).await.unwrap(), None, "{key:?}");
+            assert!(!store.update(key, &mut |_| {}).await.unwrap(), "{key:?}");
+        }
+        let mut again = numbered(8);
+        again.user_code = "CODE0007".into();
+        store.insert(&again).await.unwrap();
+
         // Single-use delivery under concurrency: many pollers, exactly one gets the tokens.
-        let store = Arc::new(make(10));
+        let store = Arc::new(make(long, 10));
         let mut g = numbered(5);
         g.status = Status::Approved {
             tokens: serde_json::Map::new(),

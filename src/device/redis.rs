@@ -1,0 +1,508 @@
+//! The shared store: grants in Redis, so several gateway instances serve one device flow and a
+//! restart forgets nothing.
+//!
+//! Keys (each behind `store.redis.key_prefix`, `devicegate:` by default):
+//!
+//! | key                    | value                                   | expires                    |
+//! |------------------------|-----------------------------------------|----------------------------|
+//! | `grant:{id}`           | the grant as JSON                       | grant lifetime + grace     |
+//! | `dc:{sha256(device)}`  | grant id (the device code is never kept) | same                       |
+//! | `uc:{user code}`       | grant id                                | same                       |
+//! | `live`                 | sorted set: grant id → when it leaves (ms) | with its last member     |
+//! | `secret`               | the browser secret shared by instances  | never                      |
+//!
+//! Atomicity. `insert` is one Lua script: capacity check, user-code claim and the writes happen
+//! together. `update` is optimistic: read the grant, apply the change in Rust, and write it back
+//! with a compare-and-set script that succeeds only while Redis still holds exactly what was
+//! read; a lost race re-reads and re-applies. So when two instances answer polls for the same
+//! approved grant at the same instant, only one of them sees `Approved` and writes `Delivered`.
+//! The clock for capacity is Redis's own `TIME`, the one clock all instances share.
+//!
+//! Failing closed. Every operation, connecting included, is bounded by
+//! `store.redis.command_timeout_ms`; past it, or when Redis refuses the connection, the store
+//! answers [`StoreError::Unavailable`], which devices see as 503 `temporarily_unavailable`.
+//! Connections are opened lazily and re-opened by the connection managers once Redis is back.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rand::{rngs::OsRng, RngCore};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+use tokio::sync::OnceCell;
+
+use super::grant::Grant;
+use super::store::{Key, Store, StoreError};
+use crate::config;
+
+/// Attempts of one `update` before giving up on a grant that keeps changing under it.
+const MAX_CAS_ATTEMPTS: usize = 64;
+
+/// KEYS: grant, device-code index, user-code index, live set.
+/// ARGV: grant JSON, milliseconds to keep, max_pending, grant id.
+const INSERT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[3]) then return 'full' end
+if not redis.call('SET', KEYS[3], ARGV[4], 'NX', 'PX', ARGV[2]) then return 'taken' end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[4])
+if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[4], ARGV[2]) end
+return 'ok'
+";
+
+/// KEYS: an index key. ARGV: the grant key prefix. Follows the index to the grant in one trip.
+const GET_BY_INDEX: &str = r"
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. id)
+";
+
+/// KEYS: grant. ARGV: the JSON that was read, the new JSON. Writes only if nothing changed
+/// since the read, keeping the grant's TTL.
+const COMPARE_AND_SET: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+";
+
+/// KEYS: live set. Grants still stored by Redis's clock.
+const COUNT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+";
+
+/// KEYS: secret. ARGV: a fresh candidate. The first instance's candidate wins for good.
+const SECRET: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+";
+
+struct Scripts {
+    insert: Script,
+    get_by_index: Script,
+    compare_and_set: Script,
+    count: Script,
+    secret: Script,
+}
+
+/// Grant storage in a Redis server shared by every gateway instance.
+pub struct RedisStore {
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    /// Opened on first use, inside the server's runtime; each is one multiplexed connection.
+    pool: OnceCell<Vec<ConnectionManager>>,
+    pool_size: usize,
+    next: AtomicUsize,
+    prefix: String,
+    retain_ms: u64,
+    max_pending: u64,
+    timeout: Duration,
+    scripts: Scripts,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// A store keeping each grant `retain_for` after it is written, at most `max_pending` at
+    /// once. Nothing connects yet: the first operation does.
+    pub fn new(
+        cfg: &config::Redis,
+        retain_for: Duration,
+        max_pending: u64,
+    ) -> Result<Self, String> {
+        let client = redis::Client::open(cfg.url.expose())
+            .map_err(|_| "store.redis.url: not a valid Redis URL".to_string())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.command_timeout))
+            .set_response_timeout(Some(cfg.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(cfg.command_timeout);
+        Ok(Self {
+            client,
+            manager_config,
+            pool: OnceCell::new(),
+            pool_size: cfg.pool_size,
+            next: AtomicUsize::new(0),
+            prefix: cfg.key_prefix.clone(),
+            retain_ms: u64::try_from(retain_for.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            max_pending,
+            timeout: cfg.command_timeout,
+            scripts: Scripts {
+                insert: Script::new(INSERT),
+                get_by_index: Script::new(GET_BY_INDEX),
+                compare_and_set: Script::new(COMPARE_AND_SET),
+                count: Script::new(COUNT),
+                secret: Script::new(SECRET),
+            },
+        })
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}{name}", self.prefix)
+    }
+
+    /// One connection of the pool, round robin.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let pool = self
+            .pool
+            .get_or_try_init(|| async {
+                (0..self.pool_size)
+                    .map(|_| {
+                        ConnectionManager::new_lazy_with_config(
+                            self.client.clone(),
+                            self.manager_config.clone(),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(unavailable)?;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len().max(1);
+        pool.get(i)
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable("redis: no connection".into()))
+    }
+
+    /// Runs one whole store operation within the command timeout: a Redis that hangs is as
+    /// unavailable as one that is down, and callers answer fast either way.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "redis did not answer within store.redis.command_timeout_ms".into(),
+                ))
+            })
+    }
+
+    /// The stored JSON of the grant behind `key`.
+    async fn load(
+        &self,
+        conn: &mut ConnectionManager,
+        key: Key<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        let index = match key {
+            Key::Id(id) => {
+                return redis::cmd("GET")
+                    .arg(self.key("grant:", id))
+                    .query_async(conn)
+                    .await
+                    .map_err(unavailable)
+            }
+            Key::DeviceCodeHash(h) => self.key("dc:", h),
+            Key::UserCode(c) => self.key("uc:", c),
+        };
+        self.scripts
+            .get_by_index
+            .key(index)
+            .arg(self.key("grant:", ""))
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn try_insert(&self, grant: &Grant) -> Result<(), StoreError> {
+        let json = to_json(grant)?;
+        let mut conn = self.conn().await?;
+        let outcome: String = self
+            .scripts
+            .insert
+            .key(self.key("grant:", &grant.id))
+            .key(self.key("dc:", &grant.device_code_hash))
+            .key(self.key("uc:", &grant.user_code))
+            .key(self.key("live", ""))
+            .arg(json)
+            .arg(self.retain_ms)
+            .arg(self.max_pending)
+            .arg(&grant.id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match outcome.as_str() {
+            "ok" => Ok(()),
+            "full" => Err(StoreError::Full),
+            "taken" => Err(StoreError::UserCodeTaken),
+            other => Err(StoreError::Unavailable(format!(
+                "redis: unexpected insert answer '{other}'"
+            ))),
+        }
+    }
+
+    async fn try_update(
+        &self,
+        key: Key<'_>,
+        change: &mut (dyn for<'g> FnMut(&'g mut Grant) + Send),
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(read) = self.load(&mut conn, key).await? else {
+                return Ok(false);
+            };
+            let before = from_json(&read)?;
+            let mut grant = before.clone();
+            change(&mut grant);
+            if grant == before {
+                return Ok(true);
+            }
+            let written: i64 = self
+                .scripts
+                .compare_and_set
+                .key(self.key("grant:", &before.id))
+                .arg(&read)
+                .arg(to_json(&grant)?)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if written == 1 {
+                return Ok(true);
+            }
+            // Another instance changed the grant since we read it: read again and redo.
+        }
+        Err(StoreError::Unavailable(
+            "redis: the grant kept changing during the update".into(),
+        ))
+    }
+}
+
+fn to_json(grant: &Grant) -> Result<String, StoreError> {
+    serde_json::to_string(grant)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode a grant: {e}")))
+}
+
+fn from_json(json: &str) -> Result<Grant, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Unavailable(format!("redis holds an unreadable grant: {e}")))
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn insert(&self, grant: &Grant) -> Result<(), StoreError> {
+        self.bounded(self.try_insert(grant)).await
+    }
+
+    async fn get(&self, key: Key<'_>) -> Result<Option<Grant>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            match self.load(&mut conn, key).await? {
+                Some(json) => from_json(&json).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        key: Key<'_>,
+        change: &mut (dyn for<'g> FnMut(&'g mut Grant) + Send),
+    ) -> Result<bool, StoreError> {
+        self.bounded(self.try_update(key, change)).await
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            self.scripts
+                .count
+                .key(self.key("live", ""))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn shared_secret(&self) -> Result<[u8; 32], StoreError> {
+        self.bounded(async {
+            let mut candidate = [0u8; 32];
+            OsRng.fill_bytes(&mut candidate);
+            let mut conn = self.conn().await?;
+            let stored: String = self
+                .scripts
+                .secret
+                .key(self.key("secret", ""))
+                .arg(STANDARD.encode(candidate))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            STANDARD
+                .decode(stored)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    StoreError::Unavailable("redis holds a malformed shared secret".into())
+                })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::device::grant::tests::grant;
+    use crate::device::store::conformance;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    /// A throwaway `redis-server` on a Unix socket in a temporary directory, killed on drop.
+    struct Server {
+        child: Child,
+        socket: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        fn start() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("redis.sock");
+            let child = Command::new("redis-server")
+                .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+                .arg(&socket)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run redis-server ({e}): apt-get install redis-server (./scripts/test.sh does it)")
+                });
+            for _ in 0..200 {
+                if socket.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            assert!(socket.exists(), "redis-server did not open {socket:?}");
+            Self {
+                child,
+                socket,
+                _dir: dir,
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("unix://{}", self.socket.display())
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn options(url: &str, prefix: &str, timeout_ms: u64) -> config::Redis {
+        config::Redis {
+            url: Secret::new(url.to_string()),
+            key_prefix: prefix.to_string(),
+            pool_size: 2,
+            command_timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance() {
+        let server = Server::start();
+        let n = AtomicUsize::new(0);
+        conformance::run(|retain, max| {
+            let prefix = format!("t{}:", n.fetch_add(1, Ordering::Relaxed));
+            RedisStore::new(&options(&server.url(), &prefix, 2000), retain, max).unwrap()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn instances_share_grants_and_secret_and_keys_expire() {
+        let server = Server::start();
+        let retain = Duration::from_secs(900);
+        let a = RedisStore::new(&options(&server.url(), "dg:", 2000), retain, 10).unwrap();
+        let b = RedisStore::new(&options(&server.url(), "dg:", 2000), retain, 10).unwrap();
+        let other = RedisStore::new(&options(&server.url(), "other:", 2000), retain, 10).unwrap();
+        let g = grant(1000);
+        a.insert(&g).await.unwrap();
+        assert_eq!(
+            b.get(Key::UserCode(&g.user_code)).await.unwrap(),
+            Some(g.clone())
+        );
+        assert_eq!(other.get(Key::Id(&g.id)).await.unwrap(), None);
+        assert_eq!(
+            a.shared_secret().await.unwrap(),
+            b.shared_secret().await.unwrap()
+        );
+        assert_ne!(
+            a.shared_secret().await.unwrap(),
+            other.shared_secret().await.unwrap()
+        );
+
+        // Every grant key carries a TTL of the retention, and an update keeps it.
+        b.update(Key::Id(&g.id), &mut |g| g.last_poll = Some(1001))
+            .await
+            .unwrap();
+        let mut conn = a.conn().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("dg:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 5, "{keys:?}");
+        for key in keys.iter().filter(|k| !k.ends_with("secret")) {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 890_000 && ttl <= 900_000, "{key}: {ttl}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_is_unavailable_not_a_hang() {
+        // Nothing listens: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("redis://127.0.0.1:{port}");
+        let store =
+            RedisStore::new(&options(&url, "dg:", 300), Duration::from_secs(60), 10).unwrap();
+        let g = grant(0);
+        assert!(matches!(
+            store.insert(&g).await,
+            Err(StoreError::Unavailable(_))
+        ));
+
+        // Something accepts but never answers: the command timeout ends the wait.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", silent.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let store =
+            RedisStore::new(&options(&url, "dg:", 300), Duration::from_secs(60), 10).unwrap();
+        // The guard only keeps a broken build from hanging the suite; it is 30× the timeout.
+        let r = tokio::time::timeout(Duration::from_secs(10), store.get(Key::Id("x"))).await;
+        match r {
+            Ok(Err(StoreError::Unavailable(_))) => {}
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+}
