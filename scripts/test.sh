@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every prerequisite on a Debian machine and runs devicegate's whole test suite:
 # formatting, clippy, unit tests, and the end-to-end tests against a real OpenID Connect
-# provider (oidc-provider on node) with a real headless Chromium.
+# provider (oidc-provider on node) with a real headless Chromium and a real redis-server.
 #
 #   sudo ./scripts/test.sh        (as root: runs apt-get update, then installs what is missing)
 #
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake build-essential pkg-config curl nodejs npm chromium ca-certificates)
+packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server ca-certificates)
 if [ "$(id -u)" -eq 0 ]; then
   echo "==> apt-get update && apt-get install ${packages[*]}"
   apt-get update -qq
@@ -34,6 +34,7 @@ command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup (
 command -v cmake >/dev/null || fail "cmake not found: apt-get install cmake (Pingora builds zlib-ng with it)"
 command -v node >/dev/null || fail "node not found: apt-get install nodejs npm"
 command -v chromium >/dev/null || fail "chromium not found: apt-get install chromium"
+command -v redis-server >/dev/null || fail "redis-server not found: apt-get install redis-server"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || fail "node $(node --version) is too old for oidc-provider 9: install node 20 or newer"
 

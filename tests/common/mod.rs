@@ -58,6 +58,8 @@ pub struct Options {
     pub idp_down: bool,
     /// Point the gateway at this port on 127.0.0.1 instead of starting the IdP.
     pub upstream_port: Option<u16>,
+    /// Start a `redis-server` and use the Redis store instead of the embedded one.
+    pub redis: bool,
 }
 
 impl Default for Options {
@@ -68,20 +70,52 @@ impl Default for Options {
             max_pending: 1000,
             idp_down: false,
             upstream_port: None,
+            redis: false,
         }
     }
 }
 
-/// A running IdP and gateway.
-pub struct Env {
+/// Requests to one gateway instance, as a device and a browser send them.
+pub struct Gate {
     pub url: String,
     pub http: reqwest::Client,
+}
+
+/// A running IdP and gateway (and Redis, when asked for). Derefs to the gateway's [`Gate`].
+pub struct Env {
+    pub gate: Gate,
     pub dir: tempfile::TempDir,
+    pub redis: Option<Redis>,
+    port: u16,
+    /// The gateway configuration, with `{LISTEN_PORT}` where the listening port goes.
+    config: String,
     _idp: Option<Proc>,
-    _gateway: Proc,
+    gateway: Option<Proc>,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Gate;
+    fn deref(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+/// Another gateway instance sharing the first one's configuration and store.
+pub struct Instance {
+    pub gate: Gate,
+    _proc: Proc,
 }
 
 pub const KIOSK_SECRET: &str = "kiosk-secret-value";
+pub const REDIS_PASSWORD: &str = "redis-password-value";
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
 
 impl Env {
     pub async fn start(opts: Options) -> Env {
@@ -97,9 +131,17 @@ impl Env {
             let (p, idp_port) = start_idp(&url);
             (Some(p), idp_port)
         };
+        let redis = opts.redis.then(Redis::start);
+        let store = match &redis {
+            Some(r) => format!(
+                "  backend: redis\n  redis:\n    url: redis://:${{REDIS_PASSWORD}}@127.0.0.1:{}/0\n    command_timeout_ms: 500\n",
+                r.port
+            ),
+            None => String::new(),
+        };
         let config = format!(
             r#"
-listen: 127.0.0.1:{port}
+listen: 127.0.0.1:{{LISTEN_PORT}}
 public_url: {url}
 upstream:
   address: 127.0.0.1:{idp_port}
@@ -110,7 +152,7 @@ upstream:
   interval: {interval}
 store:
   max_pending: {max_pending}
-server:
+{store}server:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 1
@@ -136,38 +178,74 @@ clients:
                 ""
             },
         );
-        let conf_path = dir.path().join("devicegate.yaml");
+        let mut env = Env {
+            gate: Gate {
+                url,
+                http: http_client(),
+            },
+            dir,
+            redis,
+            port,
+            config,
+            _idp: idp,
+            gateway: None,
+        };
+        env.gateway = Some(env.spawn_gateway(port, "gateway"));
+        env
+    }
+
+    /// Starts the gateway binary listening on `port`, logging to `<name>.log`.
+    fn spawn_gateway(&self, port: u16, name: &str) -> Proc {
+        let conf_path = self.dir.path().join(format!("{name}.yaml"));
+        let config = self.config.replace("{LISTEN_PORT}", &port.to_string());
         std::fs::write(&conf_path, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_devicegate"))
             .arg("--config")
             .arg(&conf_path)
             .env("KIOSK_SECRET", KIOSK_SECRET)
+            .env("REDIS_PASSWORD", REDIS_PASSWORD)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start the gateway binary");
-        let gateway = Proc(child);
+        let proc = Proc(child);
         wait_for_port(port);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("http client");
-        Env {
-            url,
-            http,
-            dir,
-            _idp: idp,
-            _gateway: gateway,
+        proc
+    }
+
+    /// A second gateway instance on its own port, with the same configuration and store (as a
+    /// load balancer would have behind the one public origin).
+    pub fn start_instance(&self, name: &str) -> Instance {
+        let port = free_port();
+        let proc = self.spawn_gateway(port, name);
+        Instance {
+            gate: Gate {
+                url: format!("http://127.0.0.1:{port}"),
+                http: http_client(),
+            },
+            _proc: proc,
         }
+    }
+
+    /// Stops the gateway (SIGKILL: nothing is saved on the way out) and starts it again on the
+    /// same port.
+    pub fn restart_gateway(&mut self) {
+        drop(self.gateway.take());
+        self.gateway = Some(self.spawn_gateway(self.port, "gateway"));
     }
 
     pub fn gateway_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
+}
 
+impl Gate {
     /// POSTs a form and returns (status, headers, JSON body or Null).
     pub async fn post_form(
         &self,
@@ -298,7 +376,7 @@ fn wait_for_port(port: u16) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the gateway did not listen on port {port} within 30 s");
+    panic!("nothing listened on port {port} within 30 s (see the gateway or redis-server log)");
 }
 
 /// Runs the headless-Chromium driver (`tests/idp/browser.js`) and returns its JSON report.
@@ -347,8 +425,10 @@ pub struct HttpLogin {
     pub cookie: String,
 }
 
-impl Env {
-    pub async fn approve_via_http(&self, user_code: &str) -> HttpLogin {
+impl Gate {
+    /// "Enter code" on the verification page: returns the browser's session cookie and the
+    /// consent form's CSRF token.
+    pub async fn consent_via_http(&self, user_code: &str) -> (String, String) {
         let resp = self
             .http
             .get(format!("{}/device", self.url))
@@ -362,17 +442,9 @@ impl Env {
             .next()
             .unwrap_or_default()
             .to_string();
-        let form = |body: String| {
-            self.http
-                .post(format!("{}/device", self.url))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("cookie", cookie.clone())
-                .body(body)
-        };
-        let consent = form(format!("action=lookup&user_code={user_code}"))
-            .send()
+        let consent = self
+            .verification_form(&cookie, format!("action=lookup&user_code={user_code}"))
             .await
-            .expect("POST lookup")
             .text()
             .await
             .expect("consent page");
@@ -382,10 +454,29 @@ impl Env {
             .and_then(|r| r.split('"').next())
             .unwrap_or_else(|| panic!("no CSRF token on the consent page: {consent}"))
             .to_string();
-        let resp = form(format!("action=approve&user_code={user_code}&csrf={csrf}"))
+        (cookie, csrf)
+    }
+
+    /// POSTs the verification form as the browser holding `cookie`.
+    pub async fn verification_form(&self, cookie: &str, body: String) -> reqwest::Response {
+        self.http
+            .post(format!("{}/device", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", cookie)
+            .body(body)
             .send()
             .await
-            .expect("POST approve");
+            .expect("POST /device")
+    }
+
+    /// "Approve" on a consent page this browser got earlier.
+    pub async fn approve_consent(&self, user_code: &str, cookie: &str, csrf: &str) -> HttpLogin {
+        let resp = self
+            .verification_form(
+                cookie,
+                format!("action=approve&user_code={user_code}&csrf={csrf}"),
+            )
+            .await;
         HttpLogin {
             status: resp.status().as_u16(),
             location: resp
@@ -394,7 +485,66 @@ impl Env {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             body: resp.text().await.unwrap_or_default(),
-            cookie,
+            cookie: cookie.to_string(),
         }
+    }
+
+    pub async fn approve_via_http(&self, user_code: &str) -> HttpLogin {
+        let (cookie, csrf) = self.consent_via_http(user_code).await;
+        self.approve_consent(user_code, &cookie, &csrf).await
+    }
+}
+
+/// A real `redis-server` on a free loopback port, with a password and no persistence.
+pub struct Redis {
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            proc: None,
+        };
+        r.start_again();
+        r
+    }
+
+    /// (Re)starts the server on the same port, empty.
+    pub fn start_again(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--requirepass", REDIS_PASSWORD, "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}): apt-get install redis-server (./scripts/test.sh does it)")
+            });
+        self.proc = Some(Proc(child));
+        wait_for_port(self.port);
+    }
+
+    /// Kills the server: connections are refused until [`Redis::start_again`].
+    pub fn stop(&mut self) {
+        drop(self.proc.take());
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.proc.as_ref().expect("redis is running").0.id();
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid} failed");
+    }
+
+    /// Freezes the server (SIGSTOP): connections open, but nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
     }
 }

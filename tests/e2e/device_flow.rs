@@ -1,13 +1,9 @@
-//! End-to-end tests: a device client (reqwest), the real gateway binary, a real IdP
-//! (`oidc-provider`) and a real headless Chromium on the verification page.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
+//! The device flow with the embedded store: a device client (reqwest), the real gateway binary,
+//! a real IdP (`oidc-provider`) and a real headless Chromium on the verification page.
 
 use std::time::{Duration, Instant};
 
-use common::{browser, Env, Options, DEVICE_GRANT};
+use crate::common::{browser, Env, Options, DEVICE_GRANT};
 use serde_json::{json, Value};
 
 fn s(v: &Value) -> &str {

@@ -1,0 +1,208 @@
+//! The shared Redis store with a real `redis-server` (password set, no persistence): several
+//! gateway instances serving one flow, a gateway restart in the middle of a flow, and Redis
+//! going away and coming back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{browser, Env, Gate, Options, REDIS_PASSWORD};
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+fn redis_env(interval: u64) -> Options {
+    Options {
+        redis: true,
+        interval,
+        ..Options::default()
+    }
+}
+
+/// Approves `user_code` in headless Chromium starting at `gate`'s verification page.
+async fn approve_in_browser(gate: &Gate, name: &str, user_code: &str) {
+    let report = browser(json!({
+        "name": name,
+        "url": format!("{}/device?user_code={user_code}", gate.url),
+        "action": "approve",
+        "username": "bob",
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+}
+
+/// Retries `poll` for a few seconds while the gateway still answers 503 (store reconnecting).
+async fn first_answer_after_outage(gate: &Gate, device_code: &str) -> (u16, Value) {
+    let start = Instant::now();
+    loop {
+        let (status, body) = gate.poll("tv-app", device_code).await;
+        if status != 503 || start.elapsed() > Duration::from_secs(10) {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_flow() {
+    // interval 3: two polls in a row, one on each instance, are always too fast.
+    let env = Env::start(redis_env(3)).await;
+    let b = env.start_instance("gateway-b");
+
+    // Authorized on A.
+    let dev = env.authorize("tv-app", "openid profile").await;
+    let device_code = s(&dev["device_code"]).to_string();
+    let user_code = s(&dev["user_code"]).to_string();
+
+    // Polled on both: B knows the grant, and A's poll counts against B's (shared last poll).
+    let (status, body) = env.poll("tv-app", &device_code).await;
+    assert_eq!((status, s(&body["error"])), (400, "authorization_pending"));
+    let (status, body) = b.gate.poll("tv-app", &device_code).await;
+    assert_eq!((status, s(&body["error"])), (400, "slow_down"), "{body}");
+    assert_eq!(body["interval"], 8);
+    let slowed_at = Instant::now();
+
+    // Approved in a browser on B. The IdP sends the browser back to the public origin (A here),
+    // so A checks a login that B started: the browser binding key is shared through Redis.
+    approve_in_browser(&b.gate, "redis-two-instances", &user_code).await;
+
+    // Both instances polled at the same instant: exactly one gets the tokens.
+    let wait = Duration::from_secs(9).saturating_sub(slowed_at.elapsed());
+    tokio::time::sleep(wait).await;
+    let (a_poll, b_poll) = tokio::join!(
+        env.poll("tv-app", &device_code),
+        b.gate.poll("tv-app", &device_code)
+    );
+    let mut answers = [a_poll, b_poll];
+    answers.sort_by_key(|(status, _)| *status);
+    let [(ok, tokens), (refused, again)] = answers;
+    assert_eq!(ok, 200, "{tokens}");
+    assert!(!s(&tokens["access_token"]).is_empty());
+    assert!(!s(&tokens["id_token"]).is_empty());
+    assert_eq!(
+        (refused, s(&again["error"])),
+        (400, "invalid_grant"),
+        "{again}"
+    );
+
+    // The Redis password never reaches a log.
+    for log in ["gateway.log", "gateway-b.log"] {
+        let text = std::fs::read_to_string(env.dir.path().join(log)).unwrap();
+        assert!(
+            !text.contains(REDIS_PASSWORD),
+            "{log} holds the Redis password"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_restart_loses_nothing() {
+    let mut env = Env::start(redis_env(1)).await;
+    let dev = env.authorize("tv-app", "openid").await;
+    let device_code = s(&dev["device_code"]).to_string();
+    let user_code = s(&dev["user_code"]).to_string();
+
+    // The user reaches the consent page, then the gateway restarts (SIGKILL: no clean-up).
+    let (cookie, csrf) = env.consent_via_http(&user_code).await;
+    env.restart_gateway();
+
+    // The grant survived, and so did the key behind the consent form's CSRF token: Approve on
+    // the page loaded before the restart still works.
+    let (status, body) = env.poll("tv-app", &device_code).await;
+    assert_eq!((status, s(&body["error"])), (400, "authorization_pending"));
+    let approved = env.approve_consent(&user_code, &cookie, &csrf).await;
+    assert_eq!(approved.status, 303, "{}", approved.body);
+
+    // And the flow completes in a browser after the restart.
+    approve_in_browser(&env.gate, "redis-restart", &user_code).await;
+    let (status, tokens) = env
+        .poll_until_done("tv-app", &device_code, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_closed_and_recovers() {
+    let mut env = Env::start(redis_env(1)).await;
+    let dev = env.authorize("tv-app", "openid").await;
+    let device_code = s(&dev["device_code"]).to_string();
+    let user_code = s(&dev["user_code"]).to_string();
+
+    // Redis hangs (SIGSTOP): owned endpoints answer 503 once the command timeout passes.
+    env.redis.as_ref().unwrap().pause();
+    let (status, headers, body) = env
+        .post_form("/device/code", &[("client_id", "tv-app")])
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(s(&body["error"]), "temporarily_unavailable");
+    assert_eq!(headers["retry-after"], "5");
+    assert!(
+        !s(&body["error_description"]).contains("127.0.0.1"),
+        "{body}"
+    );
+    let (status, body) = env.poll("tv-app", &device_code).await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (503, "temporarily_unavailable")
+    );
+    let page = env
+        .http
+        .post(format!("{}/device", env.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("action=lookup&user_code={user_code}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 503);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("Temporarily unavailable"));
+
+    // Pass-through does not need the store.
+    for path in ["/.well-known/openid-configuration", "/jwks"] {
+        let resp = env
+            .http
+            .get(format!("{}{path}", env.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+
+    // Redis answers again: the pending flow goes on and completes.
+    env.redis.as_ref().unwrap().resume();
+    let (status, body) = first_answer_after_outage(&env.gate, &device_code).await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (400, "authorization_pending"),
+        "{body}"
+    );
+    approve_in_browser(&env.gate, "redis-outage", &user_code).await;
+    let (status, tokens) = env
+        .poll_until_done("tv-app", &device_code, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+
+    // Redis killed (connections refused) and restarted empty: 503 meanwhile, then the gateway
+    // reconnects by itself. Grants kept only in the lost Redis are unknown now.
+    env.redis.as_mut().unwrap().stop();
+    let (status, _, body) = env
+        .post_form("/device/code", &[("client_id", "tv-app")])
+        .await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (503, "temporarily_unavailable")
+    );
+    env.redis.as_mut().unwrap().start_again();
+    let (status, body) = first_answer_after_outage(&env.gate, &device_code).await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (400, "invalid_grant"),
+        "{body}"
+    );
+    let fresh = env.authorize("tv-app", "openid").await;
+    assert!(!s(&fresh["user_code"]).is_empty());
+}
