@@ -118,6 +118,7 @@ struct FileRedis {
     pool_size: usize,
     #[serde(default = "default_command_timeout_ms")]
     command_timeout_ms: u64,
+    ca_file: Option<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -250,6 +251,8 @@ pub struct Redis {
     pub pool_size: usize,
     /// Bound on every store operation, connecting included: past it the store is unavailable.
     pub command_timeout: Duration,
+    /// PEM certificates to trust for `rediss://` instead of the system and Mozilla roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -657,6 +660,7 @@ fn validate_store(errs: &mut Errors, s: FileStore) -> Option<StoreConfig> {
 fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
     let before = errs.0.len();
     // The URL may carry a password: errors describe it but never repeat it.
+    let tls = r.url.starts_with("rediss://");
     match Url::parse(&r.url) {
         Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_none() => {
             errs.push("store.redis.url", "has no host");
@@ -693,11 +697,33 @@ fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
             "must be between 10 and 60000 milliseconds",
         );
     }
+    let ca_pem = match r.ca_file {
+        Some(_) if !tls => {
+            errs.push("store.redis.ca_file", "is only used with a rediss:// URL");
+            None
+        }
+        Some(path) => match std::fs::read(&path) {
+            Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(pem),
+            Ok(_) => {
+                errs.push(
+                    "store.redis.ca_file",
+                    format!("{path} holds no PEM certificate"),
+                );
+                None
+            }
+            Err(e) => {
+                errs.push("store.redis.ca_file", format!("cannot read {path}: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
     (errs.0.len() == before).then(|| Redis {
         url: Secret(r.url),
         key_prefix: r.key_prefix,
         pool_size: r.pool_size,
         command_timeout: Duration::from_millis(r.command_timeout_ms),
+        ca_pem,
     })
 }
 
@@ -940,6 +966,26 @@ extra: 1
         has(errs.clone(), "store.redis.key_prefix", "non-empty");
         has(errs.clone(), "store.redis.pool_size", "between 1 and 64");
         has(errs, "store.redis.command_timeout_ms", "between 10");
+        let ca = |url: &str, file: &str| {
+            bad(&format!(
+                "  backend: redis\n  redis:\n    url: {url}\n    ca_file: {file}\n"
+            ))
+        };
+        has(
+            ca("redis://h", "/etc/hostname"),
+            "store.redis.ca_file",
+            "only used with a rediss://",
+        );
+        has(
+            ca("rediss://h", "/nonexistent.pem"),
+            "store.redis.ca_file",
+            "cannot read /nonexistent.pem",
+        );
+        has(
+            ca("rediss://h", "/etc/hostname"),
+            "store.redis.ca_file",
+            "no PEM certificate",
+        );
     }
 
     #[test]

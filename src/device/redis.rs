@@ -120,8 +120,18 @@ impl RedisStore {
         retain_for: Duration,
         max_pending: u64,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(cfg.url.expose())
-            .map_err(|_| "store.redis.url: not a valid Redis URL".to_string())?;
+        let client = match &cfg.ca_pem {
+            None => redis::Client::open(cfg.url.expose()),
+            Some(pem) => redis::Client::build_with_tls(
+                cfg.url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
+        // The driver's message could quote the URL, password included: say only what is wrong.
+        .map_err(|_| "store.redis: cannot use the URL and CA file".to_string())?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.command_timeout))
             .set_response_timeout(Some(cfg.command_timeout))
@@ -358,44 +368,143 @@ mod tests {
     use crate::config::Secret;
     use crate::device::grant::tests::grant;
     use crate::device::store::conformance;
-    use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
 
-    /// A throwaway `redis-server` on a Unix socket in a temporary directory, killed on drop.
+    /// A throwaway `redis-server` in a temporary directory, killed on drop.
     struct Server {
         child: Child,
-        socket: PathBuf,
-        _dir: tempfile::TempDir,
+        url: String,
+        dir: tempfile::TempDir,
+    }
+
+    fn spawn_redis(args: &[&str]) -> Child {
+        Command::new("redis-server")
+            .args(["--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}): apt-get install redis-server (./scripts/test.sh does it)")
+            })
+    }
+
+    fn wait_until(what: &str, ready: impl Fn() -> bool) {
+        for _ in 0..400 {
+            if ready() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start: {what}");
     }
 
     impl Server {
+        /// Listening on a Unix socket only.
         fn start() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let socket = dir.path().join("redis.sock");
-            let child = Command::new("redis-server")
-                .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
-                .arg(&socket)
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot run redis-server ({e}): apt-get install redis-server (./scripts/test.sh does it)")
-                });
-            for _ in 0..200 {
-                if socket.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            assert!(socket.exists(), "redis-server did not open {socket:?}");
+            let sock = socket.to_str().unwrap();
+            let child = spawn_redis(&["--port", "0", "--unixsocket", sock]);
+            wait_until(sock, || socket.exists());
             Self {
                 child,
-                socket,
-                _dir: dir,
+                url: format!("unix://{sock}"),
+                dir,
+            }
+        }
+
+        /// Listening with TLS only, on a loopback port, with a certificate for `localhost`
+        /// signed by a throwaway CA (`ca.pem` in the directory).
+        fn start_tls() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let openssl = |args: &[&str]| {
+                let ok = Command::new("openssl")
+                    .args(args)
+                    .current_dir(dir.path())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "openssl {args:?} failed (apt-get install openssl)");
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ]);
+            std::fs::write(dir.path().join("ext"), "subjectAltName=DNS:localhost").unwrap();
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "ext",
+                "-out",
+                "server.pem",
+            ]);
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+            let child = spawn_redis(&[
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &file("server.pem"),
+                "--tls-key-file",
+                &file("server.key"),
+                "--tls-ca-cert-file",
+                &file("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ]);
+            wait_until("TLS port", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            Self {
+                child,
+                url: format!("rediss://localhost:{port}"),
+                dir,
             }
         }
 
         fn url(&self) -> String {
-            format!("unix://{}", self.socket.display())
+            self.url.clone()
         }
     }
 
@@ -412,6 +521,7 @@ mod tests {
             key_prefix: prefix.to_string(),
             pool_size: 2,
             command_timeout: Duration::from_millis(timeout_ms),
+            ca_pem: None,
         }
     }
 
@@ -504,5 +614,25 @@ mod tests {
             Ok(Err(StoreError::Unavailable(_))) => {}
             other => panic!("expected Unavailable, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn tls_is_verified_against_the_configured_ca() {
+        let server = Server::start_tls();
+        let retain = Duration::from_secs(60);
+        let g = grant(0);
+
+        // Without the operator's CA the self-made certificate is refused: never unverified TLS.
+        let untrusted = RedisStore::new(&options(&server.url(), "dg:", 2000), retain, 10).unwrap();
+        assert!(matches!(
+            untrusted.insert(&g).await,
+            Err(StoreError::Unavailable(_))
+        ));
+
+        let mut opts = options(&server.url(), "dg:", 2000);
+        opts.ca_pem = Some(std::fs::read(server.dir.path().join("ca.pem")).unwrap());
+        let trusted = RedisStore::new(&opts, retain, 10).unwrap();
+        trusted.insert(&g).await.unwrap();
+        assert_eq!(trusted.get(Key::Id(&g.id)).await.unwrap(), Some(g));
     }
 }
