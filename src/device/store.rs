@@ -153,13 +153,18 @@ pub(crate) mod conformance {
 
         // Single-use delivery under concurrency: many pollers, exactly one gets the tokens.
         let store = Arc::new(make(long, 10));
-        let mut g = numbered(5);
-        g.status = Status::Approved {
-            tokens: serde_json::Map::new(),
-            approved_at: 1000,
-            subject: None,
-        };
-        store.insert(&g).await.unwrap();
+        store.insert(&numbered(5)).await.unwrap();
+        let approved = store
+            .update(Key::Id("id5"), &mut |g| {
+                g.status = Status::Approved {
+                    tokens: serde_json::Map::new(),
+                    approved_at: 1000,
+                    subject: None,
+                }
+            })
+            .await
+            .unwrap();
+        assert!(approved);
         let mut tasks = Vec::new();
         for _ in 0..32 {
             let store = store.clone();

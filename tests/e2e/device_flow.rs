@@ -640,18 +640,24 @@ fn check_flag_lists_every_error() {
     }
     assert!(err.contains("DG_TEST_UNSET_VAR is not set"), "{err}");
 
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/devicegate.yaml");
-    let out = std::process::Command::new(bin)
-        .args(["--check", "--config"])
-        .arg(&shipped)
-        .env("TV_APP_SECRET", "x")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Every shipped example passes `--check` with its secrets in the environment.
+    for name in ["devicegate.yaml", "redis.yaml"] {
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("conf")
+            .join(name);
+        let out = std::process::Command::new(bin)
+            .args(["--check", "--config"])
+            .arg(&shipped)
+            .env("TV_APP_SECRET", "x")
+            .env("REDIS_PASSWORD", "y")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// A plain HTTP/1.1 upstream that answers every request with a description of what it received
