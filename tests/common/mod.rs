@@ -16,6 +16,11 @@ use serde_json::{json, Value};
 
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
+/// A JSON string value, or "" for anything else.
+pub fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
 fn idp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
 }

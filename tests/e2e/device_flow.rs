@@ -3,12 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{browser, Env, Options, DEVICE_GRANT};
+use crate::common::{browser, s, Env, Options, DEVICE_GRANT};
 use serde_json::{json, Value};
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_flow_delivers_tokens_once_and_refresh_passes_through() {

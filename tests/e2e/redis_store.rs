@@ -6,11 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{browser, Env, Gate, Options, REDIS_PASSWORD};
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or_default()
-}
+use crate::common::{browser, s, Env, Gate, Options, REDIS_PASSWORD};
 
 fn redis_env(interval: u64) -> Options {
     Options {
@@ -147,13 +143,8 @@ async fn redis_outage_fails_closed_and_recovers() {
         (503, "temporarily_unavailable")
     );
     let page = env
-        .http
-        .post(format!("{}/device", env.url))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("action=lookup&user_code={user_code}"))
-        .send()
-        .await
-        .unwrap();
+        .verification_form("", format!("action=lookup&user_code={user_code}"))
+        .await;
     assert_eq!(page.status(), 503);
     assert!(page
         .text()
