@@ -174,34 +174,19 @@ impl Gateway {
 
     /// JSON for devices; never cached (§3.2, RFC 6749 §5.1).
     async fn send_json(&self, session: &mut Session, status: u16, body: Vec<u8>) -> Result<bool> {
-        let headers = vec![
-            ("Content-Type", "application/json".to_string()),
-            ("Cache-Control", "no-store".to_string()),
-            ("Pragma", "no-cache".to_string()),
-        ];
-        self.send(session, status, headers, body).await
+        self.send(session, status, json_headers(), body).await
     }
 
     async fn send_oauth_error(&self, session: &mut Session, e: &OAuthError) -> Result<bool> {
-        if e.status() == 401 {
+        let mut headers = json_headers();
+        match e.status() {
             // RFC 6749 §5.2: a 401 carries WWW-Authenticate.
-            let headers = vec![
-                ("Content-Type", "application/json".to_string()),
-                ("Cache-Control", "no-store".to_string()),
-                ("WWW-Authenticate", "Basic realm=\"devicegate\"".to_string()),
-            ];
-            return self.send(session, 401, headers, e.to_json()).await;
-        }
-        if e.status() == 503 {
+            401 => headers.push(("WWW-Authenticate", "Basic realm=\"devicegate\"".into())),
             // RFC 9110 §10.2.3: tell well-behaved clients when to come back.
-            let headers = vec![
-                ("Content-Type", "application/json".to_string()),
-                ("Cache-Control", "no-store".to_string()),
-                ("Retry-After", RETRY_AFTER_SECS.to_string()),
-            ];
-            return self.send(session, 503, headers, e.to_json()).await;
+            503 => headers.push(("Retry-After", RETRY_AFTER_SECS.to_string())),
+            _ => {}
         }
-        self.send_json(session, e.status(), e.to_json()).await
+        self.send(session, e.status(), headers, e.to_json()).await
     }
 
     fn form_action(&self) -> String {
@@ -834,10 +819,12 @@ const UNKNOWN_CODE: &str =
 const MALFORMED_CODE: &str =
     "That doesn't look like a code from your device: codes are 8 letters, like BCDF-GHJK.";
 
+/// Headers of every JSON answer: never cached (§3.2, RFC 6749 §5.1).
 fn json_headers() -> Vec<(&'static str, String)> {
     vec![
         ("Content-Type", "application/json".to_string()),
         ("Cache-Control", "no-store".to_string()),
+        ("Pragma", "no-cache".to_string()),
     ]
 }
 
