@@ -102,7 +102,7 @@ impl Default for FileStore {
     fn default() -> Self {
         Self {
             backend: "memory".into(),
-            max_pending: 100_000,
+            max_pending: 1000,
             redis: None,
         }
     }
@@ -171,12 +171,55 @@ impl Default for FileServer {
     }
 }
 
+/// Abuse limits (`limits:`). Rate limits count per gateway instance; 0 turns a rate limit off
+/// (the user-code failure limits cannot be turned off).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wrong user codes one client address (IPv6: its /64) may enter per window (§5.1).
+    pub code_failures_per_ip: u32,
+    pub code_failures_window_seconds: u64,
+    /// Wrong user codes everyone together may enter per minute: this bounds brute force.
+    pub code_failures_global_per_minute: u32,
+    pub device_requests_per_ip_per_minute: u32,
+    pub device_requests_per_client_per_minute: u32,
+    pub polls_per_ip_per_minute: u32,
+    pub polls_per_client_per_minute: u32,
+    /// Largest request body on the endpoints devicegate owns (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest query string on the endpoints devicegate owns (414 beyond).
+    pub max_query_bytes: usize,
+    /// Largest total of header names and values on the endpoints devicegate owns (431 beyond).
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            code_failures_per_ip: 10,
+            code_failures_window_seconds: 900,
+            code_failures_global_per_minute: 10,
+            device_requests_per_ip_per_minute: 30,
+            device_requests_per_client_per_minute: 600,
+            polls_per_ip_per_minute: 1200,
+            polls_per_client_per_minute: 60_000,
+            max_body_bytes: 64 * 1024,
+            max_query_bytes: 4096,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Number of possible user codes: 8 letters from a 20-letter alphabet (RFC 8628 §6.1).
+pub const USER_CODE_SPACE: f64 = 25_600_000_000.0;
+
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "public_url",
     "upstream",
     "device",
     "store",
+    "limits",
     "clients",
     "server",
 ];
@@ -290,11 +333,20 @@ pub struct Config {
     pub upstream: Upstream,
     pub device: Device,
     pub store: StoreConfig,
+    pub limits: Limits,
     pub clients: BTreeMap<String, Client>,
     pub server: Server,
 }
 
 impl Config {
+    /// Expected number of user codes an attacker guesses right per day when every instance's
+    /// global failure budget is spent on guessing and `max_pending` grants are live:
+    /// attempts/day × pending grants ÷ 20^8 (RFC 8628 §5.1), for one instance.
+    pub fn brute_force_bound(&self) -> f64 {
+        let attempts_per_day = f64::from(self.limits.code_failures_global_per_minute) * 1440.0;
+        attempts_per_day * self.store.max_pending as f64 / USER_CODE_SPACE
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -355,15 +407,18 @@ impl Config {
             .and_then(|s| validate_store(&mut errs, s));
         let server = section_or_default::<FileServer>(&mut errs, "server", get("server"))
             .and_then(|s| validate_server(&mut errs, s));
+        let limits = section_or_default::<Limits>(&mut errs, "limits", get("limits"))
+            .and_then(|l| validate_limits(&mut errs, l));
         let clients = validate_clients(&mut errs, get("clients"));
 
-        match (listen, public_url, upstream, device, store, server) {
+        match (listen, public_url, upstream, device, store, limits, server) {
             (
                 Some(listen),
                 Some(public_url),
                 Some(upstream),
                 Some(device),
                 Some(store),
+                Some(limits),
                 Some(server),
             ) if errs.0.is_empty() => Ok(Config {
                 listen,
@@ -371,6 +426,7 @@ impl Config {
                 upstream,
                 device,
                 store,
+                limits,
                 clients,
                 server,
             }),
@@ -727,6 +783,41 @@ fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
     })
 }
 
+fn validate_limits(errs: &mut Errors, l: Limits) -> Option<Limits> {
+    let before = errs.0.len();
+    if l.code_failures_per_ip == 0 {
+        errs.push(
+            "limits.code_failures_per_ip",
+            "must be at least 1: the user-code brute-force limit cannot be turned off",
+        );
+    }
+    if l.code_failures_global_per_minute == 0 {
+        errs.push(
+            "limits.code_failures_global_per_minute",
+            "must be at least 1: the user-code brute-force limit cannot be turned off",
+        );
+    }
+    if !(60..=86_400).contains(&l.code_failures_window_seconds) {
+        errs.push(
+            "limits.code_failures_window_seconds",
+            "must be between 60 and 86400",
+        );
+    }
+    if !(1024..=1024 * 1024).contains(&l.max_body_bytes) {
+        errs.push("limits.max_body_bytes", "must be between 1024 and 1048576");
+    }
+    if !(256..=64 * 1024).contains(&l.max_query_bytes) {
+        errs.push("limits.max_query_bytes", "must be between 256 and 65536");
+    }
+    if !(1024..=1024 * 1024).contains(&l.max_header_bytes) {
+        errs.push(
+            "limits.max_header_bytes",
+            "must be between 1024 and 1048576",
+        );
+    }
+    (errs.0.len() == before).then_some(l)
+}
+
 fn validate_server(errs: &mut Errors, s: FileServer) -> Option<Server> {
     if !(1..=256).contains(&s.threads) {
         errs.push("server.threads", "must be between 1 and 256");
@@ -845,7 +936,10 @@ clients:
         assert_eq!(c.public("/device"), "http://localhost:8080/device");
         assert_eq!(c.device.verification_path, "/device");
         assert_eq!(c.device.interval, 5);
-        assert_eq!(c.store.max_pending, 100_000);
+        assert_eq!(c.store.max_pending, 1000);
+        assert_eq!(c.limits, Limits::default());
+        // The defaults keep brute force below 1e-3 expected successes a day (README).
+        assert!(c.brute_force_bound() < 1e-3, "{}", c.brute_force_bound());
         let tv = &c.clients["tv-app"];
         assert_eq!(
             tv.client_secret.as_ref().map(Secret::expose),

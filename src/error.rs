@@ -14,6 +14,11 @@ pub enum OAuthError {
     /// repeated, the body is not a form, or a value is malformed.
     #[error("invalid_request: {0}")]
     InvalidRequest(String),
+    /// `invalid_request` for a request over a size limit, answered with the HTTP status that
+    /// names the part: 413 body (RFC 9110 §15.5.14), 414 URI (§15.5.15), 431 headers
+    /// (RFC 6585 §5).
+    #[error("invalid_request: {description}")]
+    TooLarge { status: u16, description: String },
     /// RFC 6749 §5.2 `invalid_client`: the client is unknown, disabled or failed to
     /// authenticate. Answered with HTTP 401.
     #[error("invalid_client: {0}")]
@@ -47,6 +52,16 @@ pub enum OAuthError {
     /// RFC 6749 §4.1.2.1 `temporarily_unavailable`: the store is full or unreachable. HTTP 503.
     #[error("temporarily_unavailable: {0}")]
     TemporarilyUnavailable(String),
+    /// A rate limit was hit (RFC 8628 §5.1 brute force, floods). HTTP 429 (RFC 6585 §4) with
+    /// `Retry-After`. The code is `slow_down` for device-code polls, so a device backs off as
+    /// §3.5 tells it to, and RFC 6749 §4.1.2.1 `temporarily_unavailable` elsewhere.
+    #[error("rate limited")]
+    RateLimited {
+        /// Whether the limited request was a device-code poll.
+        poll: bool,
+        /// Seconds until the limit resets.
+        retry_after: u64,
+    },
     /// RFC 6749 §4.1.2.1 `server_error`: an unexpected condition. HTTP 500.
     #[error("server_error: {0}")]
     ServerError(String),
@@ -56,7 +71,7 @@ impl OAuthError {
     /// The registered error code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidRequest(_) | Self::TooLarge { .. } => "invalid_request",
             Self::InvalidClient(_) => "invalid_client",
             Self::InvalidGrant(_) => "invalid_grant",
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
@@ -66,6 +81,8 @@ impl OAuthError {
             Self::AccessDenied(_) => "access_denied",
             Self::ExpiredToken => "expired_token",
             Self::TemporarilyUnavailable(_) => "temporarily_unavailable",
+            Self::RateLimited { poll: true, .. } => "slow_down",
+            Self::RateLimited { poll: false, .. } => "temporarily_unavailable",
             Self::ServerError(_) => "server_error",
         }
     }
@@ -76,6 +93,8 @@ impl OAuthError {
         match self {
             Self::InvalidClient(_) => 401,
             Self::TemporarilyUnavailable(_) => 503,
+            Self::RateLimited { .. } => 429,
+            Self::TooLarge { status, .. } => *status,
             Self::ServerError(_) => 500,
             _ => 400,
         }
@@ -90,10 +109,12 @@ impl OAuthError {
             | Self::InvalidScope(d)
             | Self::AccessDenied(d)
             | Self::TemporarilyUnavailable(d)
-            | Self::ServerError(d) => Some(d.as_str()),
+            | Self::ServerError(d)
+            | Self::TooLarge { description: d, .. } => Some(d.as_str()),
             Self::AuthorizationPending => Some("the user has not approved the request yet"),
             Self::SlowDown { .. } => Some("polling too fast: add 5 seconds to the interval"),
             Self::ExpiredToken => Some("the device code has expired: start a new request"),
+            Self::RateLimited { .. } => Some("too many requests: wait for Retry-After seconds"),
         }
     }
 
@@ -108,6 +129,15 @@ impl OAuthError {
             body["interval"] = json!(interval);
         }
         body.to_string().into_bytes()
+    }
+
+    /// Seconds a client should wait before trying again (`Retry-After`), when that is known.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::TemporarilyUnavailable(_) => Some(5),
+            _ => None,
+        }
     }
 }
 
@@ -127,5 +157,16 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&OAuthError::InvalidGrant(String::new()).to_json()).unwrap();
         assert!(v.get("error_description").is_none());
+        let limited = OAuthError::RateLimited {
+            poll: true,
+            retry_after: 7,
+        };
+        assert_eq!((limited.status(), limited.code()), (429, "slow_down"));
+        assert_eq!(limited.retry_after(), Some(7));
+        let limited = OAuthError::RateLimited {
+            poll: false,
+            retry_after: 7,
+        };
+        assert_eq!(limited.code(), "temporarily_unavailable");
     }
 }

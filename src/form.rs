@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use crate::error::OAuthError;
 
-/// Largest body accepted on the endpoints the gateway owns.
-pub const MAX_FORM_BODY: usize = 64 * 1024;
+/// Longest value of one parameter: far above any code, id, secret or scope list a client
+/// sends, and far below what would make a value expensive to keep or log.
+pub const MAX_VALUE_LEN: usize = 4096;
 
 /// Parsed parameters; each name at most once.
 #[derive(Debug, Default, Clone)]
@@ -26,6 +27,11 @@ impl Params {
                 return Err(OAuthError::InvalidRequest(
                     "a parameter is not valid percent-encoded UTF-8".into(),
                 ));
+            }
+            if k.len() > MAX_VALUE_LEN || v.len() > MAX_VALUE_LEN {
+                return Err(OAuthError::InvalidRequest(format!(
+                    "a parameter is longer than {MAX_VALUE_LEN} bytes"
+                )));
             }
             if map.insert(k.to_string(), v.into_owned()).is_some() {
                 return Err(OAuthError::InvalidRequest(format!(
@@ -74,6 +80,10 @@ mod tests {
         assert_eq!(e.code(), "invalid_request");
         assert!(Params::parse(b"a=%FF").is_err());
         assert!(Params::parse(&[b'a', b'=', 0xff]).is_err());
+        let long = format!("scope={}", "a".repeat(MAX_VALUE_LEN + 1));
+        assert!(Params::parse(long.as_bytes()).is_err());
+        let fits = format!("scope={}", "a".repeat(MAX_VALUE_LEN));
+        assert!(Params::parse(fits.as_bytes()).is_ok());
     }
 
     #[test]

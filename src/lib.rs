@@ -11,6 +11,7 @@
 //! - [`pages`]: the verification pages (escaped templates).
 //! - [`discovery`]: the rewrite of the IdP's discovery documents.
 //! - [`form`]: strict form and query parsing.
+//! - [`limits`]: rate limits (user-code brute force, device and token endpoint floods).
 //! - [`error`]: the OAuth error enum and its JSON wire format.
 //! - [`server`]: assembling the Pingora server.
 
@@ -19,6 +20,7 @@ pub mod device;
 pub mod discovery;
 pub mod error;
 pub mod form;
+pub mod limits;
 pub mod oidc;
 pub mod pages;
 pub mod proxy;

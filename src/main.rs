@@ -33,8 +33,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let bound = config.brute_force_bound();
     if args.check {
         println!("{}: OK", args.config.display());
+        println!(
+            "user-code brute force: at most {bound:.1e} expected correct guesses a day per instance \
+             ({} wrong codes a minute × {} pending grants ÷ 20^8)",
+            config.limits.code_failures_global_per_minute, config.store.max_pending
+        );
+    }
+    if bound > 1e-3 {
+        eprintln!(
+            "warning: user-code brute force allows {bound:.1e} expected correct guesses a day \
+             (above 1e-3): lower limits.code_failures_global_per_minute or store.max_pending"
+        );
+    }
+    if args.check {
         return ExitCode::SUCCESS;
     }
     tracing::info!(listen = %config.listen, upstream = %config.upstream.address, issuer = %config.upstream.issuer, "starting devicegate");

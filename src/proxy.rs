@@ -9,6 +9,7 @@
 //! Handlers never panic and never answer 5xx for bad input: API endpoints answer RFC 6749 JSON
 //! errors ([`OAuthError`]), browser endpoints answer readable pages ([`Message`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,10 +23,11 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use serde_json::json;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
-use crate::config::{Backend, Client, Config};
+use crate::config::{Backend, Client, Config, Limits as LimitsConfig};
 use crate::device::code::{display_user_code, normalize_user_code, random_token};
 use crate::device::service::{
     resolve_scopes, BrowserError, DeviceService, Timing, EXPIRED_GRACE_SECS,
@@ -34,14 +36,12 @@ use crate::device::{memory::MemoryStore, redis::RedisStore};
 use crate::device::{Key, Login, Refusal, Status, Store, StoreError};
 use crate::discovery::{self, DEVICE_GRANT};
 use crate::error::OAuthError;
-use crate::form::{is_form_content_type, Params, MAX_FORM_BODY};
+use crate::form::{is_form_content_type, Params};
+use crate::limits::{ip_key, Limits};
 use crate::oidc::{Oidc, UpstreamError};
 use crate::pages::{security_headers, Consent, Message, Pages};
 
 type HmacSha256 = Hmac<Sha256>;
-
-/// Seconds a client is asked to wait after a 503 (store full or unreachable).
-const RETRY_AFTER_SECS: u64 = 5;
 
 /// Seconds since the Unix epoch: the one place the glue reads the clock.
 fn now() -> u64 {
@@ -57,6 +57,7 @@ pub struct Gateway {
     device: DeviceService,
     oidc: Arc<Oidc>,
     pages: Pages,
+    limits: Limits,
     /// Keyed MAC for CSRF tokens and browser bindings, keyed with the store's shared secret
     /// (fetched on first use, so a Redis that is down at start-up only delays it).
     browser_mac: OnceCell<HmacSha256>,
@@ -125,6 +126,7 @@ impl Gateway {
                 expires_in: config.device.expires_in,
                 interval: config.device.interval,
             },
+            max,
         );
         let oidc = Arc::new(Oidc::new(config.clone()).map_err(|e| e.to_string())?);
         let pages = Pages::new().map_err(|e| format!("loading page templates: {e}"))?;
@@ -134,6 +136,7 @@ impl Gateway {
             device,
             oidc,
             pages,
+            limits: Limits::new(&config.limits),
             browser_mac: OnceCell::new(),
             // `__Host-` pins the cookie to this origin, but browsers only take it when Secure.
             cookie_name: if secure_cookies {
@@ -179,12 +182,13 @@ impl Gateway {
 
     async fn send_oauth_error(&self, session: &mut Session, e: &OAuthError) -> Result<bool> {
         let mut headers = json_headers();
-        match e.status() {
+        if e.status() == 401 {
             // RFC 6749 §5.2: a 401 carries WWW-Authenticate.
-            401 => headers.push(("WWW-Authenticate", "Basic realm=\"devicegate\"".into())),
+            headers.push(("WWW-Authenticate", "Basic realm=\"devicegate\"".into()));
+        }
+        if let Some(secs) = e.retry_after() {
             // RFC 9110 §10.2.3: tell well-behaved clients when to come back.
-            503 => headers.push(("Retry-After", RETRY_AFTER_SECS.to_string())),
-            _ => {}
+            headers.push(("Retry-After", secs.to_string()));
         }
         self.send(session, e.status(), headers, e.to_json()).await
     }
@@ -202,19 +206,28 @@ impl Gateway {
         session: &mut Session,
         status: u16,
         html: String,
-        set_cookie: Option<String>,
+        extra: Option<(&'static str, String)>,
     ) -> Result<bool> {
         let mut headers = security_headers(&self.form_action());
         headers.push(("Content-Type", "text/html; charset=utf-8".into()));
-        if let Some(c) = set_cookie {
-            headers.push(("Set-Cookie", c));
-        }
+        headers.extend(extra);
         self.send(session, status, headers, html.into_bytes()).await
     }
 
     async fn send_message(&self, session: &mut Session, m: Message) -> Result<bool> {
+        self.send_message_as(session, m, m.status(), None).await
+    }
+
+    /// An outcome page with another status than its own, and maybe one more header.
+    async fn send_message_as(
+        &self,
+        session: &mut Session,
+        m: Message,
+        status: u16,
+        extra: Option<(&'static str, String)>,
+    ) -> Result<bool> {
         let html = self.pages.message(m, &self.config.device.verification_path);
-        self.send_page(session, m.status(), html, None).await
+        self.send_page(session, status, html, extra).await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -228,7 +241,8 @@ impl Gateway {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > MAX_FORM_BODY) {
+        let max = self.config.limits.max_body_bytes;
+        if declared.is_some_and(|n| n > max) {
             // Not worth draining: answer and close.
             session.set_keepalive(None);
             return Ok(Err(BodyError::TooLarge));
@@ -236,7 +250,7 @@ impl Gateway {
         let mut body = Vec::new();
         while let Some(chunk) = session.read_request_body().await? {
             body.extend_from_slice(&chunk);
-            if body.len() > MAX_FORM_BODY {
+            if body.len() > max {
                 session.set_keepalive(None);
                 return Ok(Err(BodyError::TooLarge));
             }
@@ -252,61 +266,124 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
     }
 
-    fn client_ip(session: &Session) -> Option<String> {
+    fn client_ip(session: &Session) -> Option<IpAddr> {
         session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
+            .map(|a| a.ip())
+    }
+
+    /// Query and header size limits of the endpoints devicegate owns.
+    fn within_size_limits(session: &Session, limits: &LimitsConfig) -> Result<(), OAuthError> {
+        let req = session.req_header();
+        if req.uri.query().map_or(0, str::len) > limits.max_query_bytes {
+            return Err(OAuthError::TooLarge {
+                status: 414,
+                description: format!("the query is longer than {} bytes", limits.max_query_bytes),
+            });
+        }
+        let headers: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        if headers > limits.max_header_bytes {
+            return Err(OAuthError::TooLarge {
+                status: 431,
+                description: format!(
+                    "the headers are larger than {} bytes",
+                    limits.max_header_bytes
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn query_params(session: &Session) -> Result<Params, OAuthError> {
         Params::parse(session.req_header().uri.query().unwrap_or("").as_bytes())
     }
 
-    /// Reads a form body for an API endpoint, answering the error itself when it is not one.
-    async fn read_api_form(&self, session: &mut Session) -> Result<Result<Params, bool>> {
+    /// Reads the form body of an API endpoint (RFC 6749 §3.2: form-encoded, each parameter
+    /// once). JSON bodies are refused on purpose: the RFCs define forms only, and a second
+    /// parser is a second place for smuggling and confusion bugs.
+    async fn read_api_form(&self, session: &mut Session) -> Result<Result<Params, OAuthError>> {
+        if let Err(e) = Self::within_size_limits(session, &self.config.limits) {
+            session.set_keepalive(None);
+            return Ok(Err(e));
+        }
         let body = match self.read_body(session).await? {
             Ok(b) => b,
-            Err(BodyError::TooLarge) => {
-                let e = OAuthError::InvalidRequest(format!(
-                    "the body is larger than {MAX_FORM_BODY} bytes"
-                ));
-                return Ok(Err(self
-                    .send(session, 413, json_headers(), e.to_json())
-                    .await?));
-            }
+            Err(BodyError::TooLarge) => return Ok(Err(self.body_too_large())),
         };
         if !is_form_content_type(Self::header(session, "content-type")) {
-            let e = OAuthError::InvalidRequest(
+            return Ok(Err(OAuthError::InvalidRequest(
                 "the body must be application/x-www-form-urlencoded".into(),
-            );
-            return Ok(Err(self.send_oauth_error(session, &e).await?));
+            )));
         }
-        match Params::parse(&body) {
-            Ok(p) => Ok(Ok(p)),
-            Err(e) => Ok(Err(self.send_oauth_error(session, &e).await?)),
+        Ok(Params::parse(&body))
+    }
+
+    fn body_too_large(&self) -> OAuthError {
+        OAuthError::TooLarge {
+            status: 413,
+            description: format!(
+                "the body is larger than {} bytes",
+                self.config.limits.max_body_bytes
+            ),
         }
     }
 
-    /// The client id from HTTP Basic (RFC 6749 §2.3.1) or the `client_id` parameter; both
-    /// present and different is an error.
-    fn client_id(session: &Session, params: &Params) -> Result<String, OAuthError> {
-        let basic = match Self::header(session, "authorization") {
-            Some(h) => Some(basic_client_id(h).ok_or_else(|| {
-                OAuthError::InvalidClient("malformed HTTP Basic credentials".into())
-            })?),
-            None => None,
+    /// The client and its credentials, from HTTP Basic (RFC 6749 §2.3.1, `client_secret_basic`)
+    /// or the form (`client_id`, and `client_secret` for `client_secret_post`).
+    fn credentials(session: &Session, params: &Params) -> Result<Credentials, OAuthError> {
+        let Some(header) = Self::header(session, "authorization") else {
+            return Ok(Credentials {
+                client_id: params.require("client_id")?.to_string(),
+                secret: params.get("client_secret").map(str::to_string),
+            });
         };
-        match (basic, params.get("client_id")) {
-            (Some(b), Some(p)) if b != p => Err(OAuthError::InvalidRequest(
+        let (client_id, secret) = basic_credentials(header)
+            .ok_or_else(|| OAuthError::InvalidClient("malformed HTTP Basic credentials".into()))?;
+        if params.get("client_id").is_some_and(|p| p != client_id) {
+            return Err(OAuthError::InvalidRequest(
                 "client_id differs from the HTTP Basic user".into(),
-            )),
-            (Some(b), _) => Ok(b),
-            (None, Some(p)) => Ok(p.to_string()),
-            (None, None) => Err(OAuthError::InvalidRequest(
-                "missing parameter 'client_id'".into(),
-            )),
+            ));
         }
+        if params.get("client_secret").is_some() {
+            // §2.3: a client uses one authentication method per request.
+            return Err(OAuthError::InvalidRequest(
+                "send the client secret once: HTTP Basic or client_secret, not both".into(),
+            ));
+        }
+        Ok(Credentials {
+            client_id,
+            secret: Some(secret).filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// The registered client, authenticated when it has a secret (confidential client).
+    /// Public clients need none, and a secret they send is ignored.
+    fn authenticate(&self, creds: &Credentials) -> Result<&Client, OAuthError> {
+        let client = self
+            .config
+            .clients
+            .get(&creds.client_id)
+            .ok_or_else(|| OAuthError::InvalidClient("unknown client".into()))?;
+        if let Some(expected) = &client.client_secret {
+            let presented = creds
+                .secret
+                .as_deref()
+                .ok_or_else(|| OAuthError::InvalidClient("this client must authenticate".into()))?;
+            // Constant time, length included: compare digests, not the secrets.
+            let same = Sha256::digest(presented.as_bytes())
+                .ct_eq(&Sha256::digest(expected.expose().as_bytes()));
+            if !bool::from(same) {
+                return Err(OAuthError::InvalidClient(
+                    "client authentication failed".into(),
+                ));
+            }
+        }
+        Ok(client)
     }
 
     fn known_client(&self, client_id: &str) -> Result<&Client, OAuthError> {
@@ -315,6 +392,10 @@ impl Gateway {
             .get(client_id)
             .filter(|c| c.enabled)
             .ok_or_else(|| OAuthError::InvalidClient("unknown or disabled client".into()))
+    }
+
+    fn rate_limited(poll: bool) -> impl Fn(u64) -> OAuthError {
+        move |retry_after| OAuthError::RateLimited { poll, retry_after }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -326,16 +407,25 @@ impl Gateway {
         }
         let params = match self.read_api_form(session).await? {
             Ok(p) => p,
-            Err(done) => return Ok(done),
+            Err(e) => return self.send_oauth_error(session, &e).await,
         };
+        let ip = ip_key(Self::client_ip(session));
         let issued = async {
-            let client_id = Self::client_id(session, &params)?;
-            let client = self.known_client(&client_id)?;
+            let now = now();
+            let creds = Self::credentials(session, &params)?;
+            let client = self.authenticate(&creds)?;
+            if !client.enabled {
+                return Err(OAuthError::InvalidClient("this client is disabled".into()));
+            }
+            self.limits
+                .device_request(&ip, &client.client_id, now)
+                .map_err(Self::rate_limited(false))?;
             let scopes = resolve_scopes(params.get("scope"), &client.allowed_scopes)?;
+            let requester = Self::client_ip(session).map(|ip| ip.to_string());
             self.device
-                .authorize(&client_id, scopes, Self::client_ip(session), now())
+                .authorize(&client.client_id, scopes, requester, now)
                 .await
-                .map(|i| (i, client_id))
+                .map(|i| (i, client.client_id.clone()))
         }
         .await;
         let (issued, client_id) = match issued {
@@ -371,6 +461,37 @@ impl Gateway {
     // -----------------------------------------------------------------------------------------
     // Token endpoint: device-code polls (RFC 8628 §3.4, §3.5); other grants pass through.
 
+    /// The owned path that `path` spells another way (percent-encoding, dot segments, doubled
+    /// or back slashes, a trailing slash, letter case), if any.
+    async fn disguised_owned_path(&self, path: &str) -> Option<String> {
+        let d = &self.config.device;
+        let fixed = [
+            &d.authorization_path,
+            &d.verification_path,
+            &d.callback_path,
+        ];
+        let owned = fixed.into_iter().chain(&self.discovery_paths);
+        if owned.clone().any(|o| o == path) {
+            return None;
+        }
+        let plain = normal_form(path);
+        let disguises = |o: &String| o != path && o.eq_ignore_ascii_case(&plain);
+        if let Some(o) = owned.into_iter().find(|o| disguises(o)) {
+            return Some(o.clone());
+        }
+        let token_path = match &self.config.upstream.token_path {
+            Some(p) => p.clone(),
+            None => self
+                .oidc
+                .cached_discovery()
+                .await?
+                .token_endpoint
+                .path()
+                .to_string(),
+        };
+        disguises(&token_path).then_some(token_path)
+    }
+
     async fn is_token_path(&self, path: &str) -> bool {
         if let Some(p) = &self.config.upstream.token_path {
             return p == path;
@@ -393,10 +514,7 @@ impl Gateway {
         let body = match self.read_body(session).await? {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
-                let e = OAuthError::InvalidRequest(format!(
-                    "the body is larger than {MAX_FORM_BODY} bytes"
-                ));
-                return self.send(session, 413, json_headers(), e.to_json()).await;
+                return self.send_oauth_error(session, &self.body_too_large()).await
             }
         };
         let ours = is_form_content_type(Self::header(session, "content-type"))
@@ -404,14 +522,19 @@ impl Gateway {
         if !ours {
             return Ok(false);
         }
+        let ip = ip_key(Self::client_ip(session));
         let result = async {
+            let now = now();
+            Self::within_size_limits(session, &self.config.limits)?;
             let params = Params::parse(&body)?;
-            let client_id = Self::client_id(session, &params)?;
-            if !self.config.clients.contains_key(&client_id) {
-                return Err(OAuthError::InvalidClient("unknown client".into()));
-            }
+            let creds = Self::credentials(session, &params)?;
+            let client = self.authenticate(&creds)?;
             let device_code = params.require("device_code")?;
-            self.device.poll(&client_id, device_code, now()).await
+            // Limits come before the store: a flood of polls costs it nothing.
+            self.limits
+                .poll(&ip, &client.client_id, now)
+                .map_err(Self::rate_limited(true))?;
+            self.device.poll(&client.client_id, device_code, now).await
         }
         .await;
         match result {
@@ -428,6 +551,9 @@ impl Gateway {
     // Discovery documents (RFC 8414, OIDC Discovery), relayed with the device flow added.
 
     async fn discovery(&self, session: &mut Session) -> Result<bool> {
+        if let Err(e) = Self::within_size_limits(session, &self.config.limits) {
+            return self.send_oauth_error(session, &e).await;
+        }
         let path_and_query = session
             .req_header()
             .uri
@@ -548,7 +674,23 @@ impl Gateway {
         self.send_page(session, 400, html, None).await
     }
 
+    /// Browser endpoints answer a request over the size limits with a page.
+    async fn oversized_page(&self, session: &mut Session) -> Result<Option<bool>> {
+        match Self::within_size_limits(session, &self.config.limits) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                session.set_keepalive(None);
+                self.send_message_as(session, Message::BadRequest, e.status(), None)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
     async fn verification(&self, session: &mut Session) -> Result<bool> {
+        if let Some(done) = self.oversized_page(session).await? {
+            return Ok(done);
+        }
         let method = session.req_header().method.clone();
         let action = self.config.device.verification_path.clone();
         let existing = Self::session_cookie(session, self.cookie_name);
@@ -570,7 +712,9 @@ impl Gateway {
                 .map(|c| display_user_code(&c))
                 .unwrap_or_else(|| typed.chars().take(20).collect());
             let html = self.pages.enter(&action, &shown, None);
-            return self.send_page(session, 200, html, new_cookie).await;
+            return self
+                .send_page(session, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
+                .await;
         }
         if method != Method::POST {
             let mut headers = security_headers("'none'");
@@ -590,8 +734,20 @@ impl Gateway {
             Ok(p) if is_form_content_type(Self::header(session, "content-type")) => p,
             _ => return self.send_message(session, Message::BadRequest).await,
         };
+        // §5.1: user codes are short, so wrong ones are counted per address and overall, and
+        // once a budget is spent no code is even looked up until its window ends.
+        let now = now();
+        let ip = ip_key(Self::client_ip(session));
+        if let Err(secs) = self.limits.code_entry_allowed(&ip, now) {
+            tracing::warn!(client_ip = %ip, "user-code entry refused: too many wrong codes");
+            let retry = Some(("Retry-After", secs.to_string()));
+            return self
+                .send_message_as(session, Message::TooManyAttempts, 429, retry)
+                .await;
+        }
         let typed = params.get("user_code").unwrap_or("");
         let Some(user_code) = normalize_user_code(typed) else {
+            self.limits.code_failed(&ip, now);
             let shown: String = typed.chars().take(20).collect();
             return self.code_error(session, &shown, MALFORMED_CODE).await;
         };
@@ -599,12 +755,17 @@ impl Gateway {
             Ok(k) => k,
             Err(e) => return self.browser_error(session, BrowserError::Store(e)).await,
         };
-        let now = now();
         match params.get("action").unwrap_or("lookup") {
             "lookup" => {
                 let grant = match self.device.lookup(&user_code, now).await {
                     Ok(g) => g,
-                    Err(e) => return self.browser_error(session, e).await,
+                    Err(e) => {
+                        if e == BrowserError::UnknownCode {
+                            tracing::info!(client_ip = %ip, "unknown user code entered");
+                            self.limits.code_failed(&ip, now);
+                        }
+                        return self.browser_error(session, e).await;
+                    }
                 };
                 let Ok(client) = self.known_client(&grant.client_id) else {
                     return self.send_message(session, Message::AlreadyDenied).await;
@@ -621,10 +782,13 @@ impl Gateway {
                     requester_ip: grant.requester_ip.as_deref(),
                     csrf: &csrf,
                 });
-                self.send_page(session, 200, html, new_cookie).await
+                self.send_page(session, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
+                    .await
             }
             act @ ("approve" | "deny") => {
-                // The approve/deny form must come from a page this browser got from us.
+                // The approve/deny form must come from a page this browser got from us. Its
+                // CSRF token exists only for a code that was looked up (and counted) above, so
+                // these actions cannot be used to guess codes.
                 let csrf = params.get("csrf").unwrap_or("");
                 if new_cookie.is_some() || !keys.csrf_ok(&browser, &user_code, csrf) {
                     tracing::warn!("verification form with a bad CSRF token");
@@ -694,6 +858,9 @@ impl Gateway {
     // Login callback from the IdP.
 
     async fn callback(&self, session: &mut Session) -> Result<bool> {
+        if let Some(done) = self.oversized_page(session).await? {
+            return Ok(done);
+        }
         if session.req_header().method != Method::GET {
             return self.send_message(session, Message::BadRequest).await;
         }
@@ -840,20 +1007,81 @@ fn header_name(lower: &str) -> &'static str {
     }
 }
 
-/// The client id of an `Authorization: Basic` header (RFC 6749 §2.3.1: both parts are
-/// form-urlencoded before base64).
-fn basic_client_id(header: &str) -> Option<String> {
+/// `path` as a server that normalises paths may read it: percent-decoded (repeatedly, so
+/// `%252e` counts), `\\` read as `/`, empty and `.` segments dropped, `..` applied, no trailing
+/// slash.
+fn normal_form(path: &str) -> String {
+    let mut decoded = path.to_string();
+    for _ in 0..3 {
+        let next = percent_decode_once(&decoded);
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let decoded = decoded.replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+fn percent_decode_once(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                let v = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(u8::try_from(v).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Client credentials presented with a request.
+struct Credentials {
+    client_id: String,
+    secret: Option<String>,
+}
+
+/// The client id and secret of an `Authorization: Basic` header (RFC 6749 §2.3.1: both parts
+/// are form-urlencoded before base64).
+fn basic_credentials(header: &str) -> Option<(String, String)> {
     let (scheme, creds) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
     let raw = STANDARD.decode(creds.trim()).ok()?;
     let text = String::from_utf8(raw).ok()?;
-    let (id, _secret) = text.split_once(':')?;
-    let id: String = form_urlencoded::parse(format!("x={id}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())?;
-    (!id.is_empty()).then_some(id)
+    let (id, secret) = text.split_once(':')?;
+    let decode = |part: &str| {
+        form_urlencoded::parse(format!("x={part}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let id = decode(id);
+    (!id.is_empty()).then(|| (id, decode(secret)))
 }
 
 /// Per-request state.
@@ -872,6 +1100,15 @@ impl ProxyHttp for Gateway {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
         let d = &self.config.device;
+        if let Some(owned) = self.disguised_owned_path(&path).await {
+            // `/device/../token`, `/%64evice`, `/Device`: an upstream that normalises paths
+            // would read these as a path devicegate owns, so they are refused, not relayed.
+            tracing::info!(path = %owned, "ambiguous spelling of an owned path refused");
+            let e = OAuthError::InvalidRequest(format!(
+                "ambiguous path: use {owned} exactly as written"
+            ));
+            return self.send_oauth_error(session, &e).await;
+        }
         if path == d.authorization_path {
             return self.device_authorization(session).await;
         }
@@ -917,7 +1154,7 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok())
             {
                 Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
+                None => ip.to_string(),
             };
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
@@ -937,14 +1174,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn basic_credentials() {
-        let h = format!("Basic {}", STANDARD.encode("tv%3Aapp:secret"));
-        assert_eq!(basic_client_id(&h).as_deref(), Some("tv:app"));
-        assert_eq!(basic_client_id("Bearer x"), None);
-        assert_eq!(basic_client_id("Basic !!!"), None);
+    fn disguised_paths_have_a_normal_form() {
+        for (raw, plain) in [
+            ("/device/../token", "/token"),
+            ("/%2e%2e/token", "/token"),
+            ("/device%2Fcode", "/device/code"),
+            ("/device%252Fcode", "/device/code"),
+            ("//device///code/", "/device/code"),
+            ("/device/./code", "/device/code"),
+            ("\\device\\code", "/device/code"),
+            ("/../../token", "/token"),
+            ("/interaction/abc", "/interaction/abc"),
+            ("/%zz/%", "/%zz/%"),
+        ] {
+            assert_eq!(normal_form(raw), plain, "{raw}");
+        }
+    }
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        let h = format!("Basic {}", STANDARD.encode("tv%3Aapp:s%2Bcret:x"));
         assert_eq!(
-            basic_client_id(&format!("Basic {}", STANDARD.encode(":x"))),
+            basic_credentials(&h),
+            Some(("tv:app".to_string(), "s+cret:x".to_string()))
+        );
+        assert_eq!(basic_credentials("Bearer x"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+        assert_eq!(
+            basic_credentials(&format!("Basic {}", STANDARD.encode(":x"))),
             None
+        );
+        assert_eq!(
+            basic_credentials(&format!("Basic {}", STANDARD.encode("tv-app:"))),
+            Some(("tv-app".to_string(), String::new()))
         );
     }
 }

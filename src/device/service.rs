@@ -3,6 +3,7 @@
 //! (seconds since the Unix epoch) so tests drive time by hand.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::code;
 use super::grant::{Grant, Login, Refusal, Status, TokenSet};
@@ -54,6 +55,47 @@ impl From<StoreError> for BrowserError {
 pub struct DeviceService {
     store: Arc<dyn Store>,
     timing: Timing,
+    gate: PollGate,
+}
+
+/// What this instance last told a device that is still waiting.
+#[derive(Debug, Clone)]
+struct Waiting {
+    client_id: String,
+    last_poll: u64,
+    interval: u64,
+}
+
+/// The instance-local memory of waiting devices, so polls that come faster than their interval
+/// are answered `slow_down` here, with the same growth the grant would apply (§3.5), and cost
+/// the store nothing: a device hammering the token endpoint reaches the store once per
+/// interval at most.
+#[derive(Clone)]
+struct PollGate(moka::sync::Cache<String, Waiting>);
+
+impl PollGate {
+    fn new(capacity: u64, ttl: Duration) -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+        )
+    }
+
+    /// `slow_down` when this device polls again within its interval.
+    fn too_fast(&self, hash: &str, client_id: &str, now: u64) -> Option<OAuthError> {
+        let mut w = self.0.get(hash)?;
+        // Another client's poll goes to the store, which answers invalid_grant.
+        if w.client_id != client_id || now.saturating_sub(w.last_poll) >= w.interval {
+            return None;
+        }
+        w.interval += 5;
+        w.last_poll = now;
+        let interval = w.interval;
+        self.0.insert(hash.to_string(), w);
+        Some(OAuthError::SlowDown { interval })
+    }
 }
 
 /// Maps a store failure to what a device is told: a full or unreachable store is temporary.
@@ -96,8 +138,14 @@ pub fn resolve_scopes(
 }
 
 impl DeviceService {
-    pub fn new(store: Arc<dyn Store>, timing: Timing) -> Self {
-        Self { store, timing }
+    /// `max_pending` bounds the instance-local memory of waiting devices too.
+    pub fn new(store: Arc<dyn Store>, timing: Timing, max_pending: u64) -> Self {
+        let ttl = Duration::from_secs(timing.expires_in + EXPIRED_GRACE_SECS);
+        Self {
+            store,
+            timing,
+            gate: PollGate::new(max_pending, ttl),
+        }
     }
 
     pub fn timing(&self) -> Timing {
@@ -154,20 +202,39 @@ impl DeviceService {
         now: u64,
     ) -> Result<TokenSet, OAuthError> {
         let hash = code::hash_device_code(device_code);
+        if let Some(slow_down) = self.gate.too_fast(&hash, client_id, now) {
+            return Err(slow_down);
+        }
         let mut outcome = None;
+        let mut interval = self.timing.interval;
         let found = self
             .store
             .update(Key::DeviceCodeHash(&hash), &mut |g| {
-                outcome = Some(g.poll(client_id, now))
+                outcome = Some(g.poll(client_id, now));
+                interval = g.interval;
             })
             .await
             .map_err(store_to_oauth)?;
-        match outcome {
+        let result = match outcome {
             Some(result) if found => result,
             _ => Err(OAuthError::InvalidGrant(
                 "unknown or expired device code".into(),
             )),
+        };
+        match &result {
+            Err(OAuthError::AuthorizationPending | OAuthError::SlowDown { .. }) => {
+                self.gate.0.insert(
+                    hash,
+                    Waiting {
+                        client_id: client_id.to_string(),
+                        last_poll: now,
+                        interval,
+                    },
+                );
+            }
+            _ => self.gate.0.invalidate(&hash),
         }
+        result
     }
 
     /// The grant behind a canonical user code, if the browser may still act on it.
@@ -239,7 +306,6 @@ impl DeviceService {
 mod tests {
     use super::*;
     use crate::device::memory::MemoryStore;
-    use std::time::Duration;
 
     fn service(max: u64) -> DeviceService {
         let store = Arc::new(MemoryStore::new(Duration::from_secs(900), max));
@@ -249,6 +315,7 @@ mod tests {
                 expires_in: 600,
                 interval: 5,
             },
+            max,
         )
     }
 
@@ -318,6 +385,46 @@ mod tests {
             svc.lookup(&issued.user_code, 131).await,
             Err(BrowserError::Refused(Refusal::AlreadyUsed))
         );
+    }
+
+    #[tokio::test]
+    async fn polls_faster_than_the_interval_never_reach_the_store() {
+        let svc = service(10);
+        let issued = svc.authorize("tv", vec![], None, 100).await.unwrap();
+        let stored = || async {
+            let hash = code::hash_device_code(&issued.device_code);
+            let g = svc
+                .store
+                .get(Key::DeviceCodeHash(&hash))
+                .await
+                .unwrap()
+                .unwrap();
+            (g.last_poll, g.interval)
+        };
+        assert_eq!(
+            svc.poll("tv", &issued.device_code, 100).await,
+            Err(OAuthError::AuthorizationPending)
+        );
+        assert_eq!(stored().await, (Some(100), 5));
+        // Too fast: slow_down with the §3.5 growth, answered without touching the grant.
+        for (at, interval) in [(101, 10), (102, 15), (110, 20)] {
+            assert_eq!(
+                svc.poll("tv", &issued.device_code, at).await,
+                Err(OAuthError::SlowDown { interval })
+            );
+        }
+        assert_eq!(stored().await, (Some(100), 5));
+        // Another client's poll is the store's to refuse.
+        assert!(matches!(
+            svc.poll("kiosk", &issued.device_code, 111).await,
+            Err(OAuthError::InvalidGrant(_))
+        ));
+        // Once the grown interval has passed, the poll reaches the store again.
+        assert_eq!(
+            svc.poll("tv", &issued.device_code, 130).await,
+            Err(OAuthError::AuthorizationPending)
+        );
+        assert_eq!(stored().await, (Some(130), 5));
     }
 
     #[tokio::test]

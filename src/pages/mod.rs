@@ -28,6 +28,7 @@ pub enum Message {
     LoginMismatch,
     BadRequest,
     Unavailable,
+    TooManyAttempts,
 }
 
 impl Message {
@@ -43,6 +44,7 @@ impl Message {
             Self::LoginRetry => (502, "Sign-in could not be completed", "The identity provider could not be reached. Your code is still valid: enter it again to retry.", "error", true),
             Self::LoginMismatch => (400, "This sign-in link is not valid here", "It was already used, or it was started in another browser. Nothing was changed. Enter the code from your device to start again.", "error", true),
             Self::BadRequest => (400, "Something is missing", "The request was incomplete. Enter the code from your device to start again.", "error", true),
+            Self::TooManyAttempts => (429, "Too many attempts", "Too many wrong codes were entered from your network. Wait a few minutes, then enter the code shown on your device again.", "error", false),
             Self::Unavailable => (503, "Temporarily unavailable", "The service cannot handle device sign-ins right now. Please try again in a minute.", "error", true),
         }
     }

@@ -112,6 +112,11 @@ pub struct Instance {
 }
 
 pub const KIOSK_SECRET: &str = "kiosk-secret-value";
+
+/// The secret of the test clients that have one (confidential clients).
+pub fn secret_of(client_id: &str) -> Option<&'static str> {
+    (client_id == "kiosk").then_some(KIOSK_SECRET)
+}
 pub const REDIS_PASSWORD: &str = "redis-password-value";
 
 fn http_client() -> reqwest::Client {
@@ -288,14 +293,12 @@ impl Gate {
         )
     }
 
-    /// A device authorization request; returns the JSON response (asserting 200).
+    /// A device authorization request; returns the JSON response (asserting 200). A
+    /// confidential client sends its secret (`client_secret_post`).
     pub async fn authorize(&self, client_id: &str, scope: &str) -> Value {
-        let (status, headers, body) = self
-            .post_form(
-                "/device/code",
-                &[("client_id", client_id), ("scope", scope)],
-            )
-            .await;
+        let mut form = vec![("client_id", client_id), ("scope", scope)];
+        form.extend(secret_of(client_id).map(|s| ("client_secret", s)));
+        let (status, headers, body) = self.post_form("/device/code", &form).await;
         assert_eq!(status, 200, "device authorization failed: {body}");
         assert_eq!(headers["cache-control"], "no-store");
         body
@@ -303,16 +306,13 @@ impl Gate {
 
     /// One device-code poll at the IdP's token endpoint (through the gateway).
     pub async fn poll(&self, client_id: &str, device_code: &str) -> (u16, Value) {
-        let (status, headers, body) = self
-            .post_form(
-                "/token",
-                &[
-                    ("grant_type", DEVICE_GRANT),
-                    ("device_code", device_code),
-                    ("client_id", client_id),
-                ],
-            )
-            .await;
+        let mut form = vec![
+            ("grant_type", DEVICE_GRANT),
+            ("device_code", device_code),
+            ("client_id", client_id),
+        ];
+        form.extend(secret_of(client_id).map(|s| ("client_secret", s)));
+        let (status, headers, body) = self.post_form("/token", &form).await;
         assert_eq!(headers["cache-control"], "no-store", "{body}");
         (status, body)
     }
