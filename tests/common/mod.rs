@@ -63,6 +63,10 @@ pub struct Options {
     pub idp_down: bool,
     /// Point the gateway at this port on 127.0.0.1 instead of starting the IdP.
     pub upstream_port: Option<u16>,
+    /// `upstream.timeout`, seconds.
+    pub upstream_timeout: u64,
+    /// The body of a `limits:` section (indented two spaces), if any.
+    pub limits: Option<String>,
     /// Start a `redis-server` and use the Redis store instead of the embedded one.
     pub redis: bool,
 }
@@ -75,6 +79,8 @@ impl Default for Options {
             max_pending: 1000,
             idp_down: false,
             upstream_port: None,
+            upstream_timeout: 5,
+            limits: None,
             redis: false,
         }
     }
@@ -156,13 +162,13 @@ public_url: {url}
 upstream:
   address: 127.0.0.1:{idp_port}
   issuer: {url}
-  timeout: 5
+  timeout: {upstream_timeout}
 {token_path}device:
   expires_in: {expires_in}
   interval: {interval}
 store:
   max_pending: {max_pending}
-{store}server:
+{store}{limits}server:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 1
@@ -181,6 +187,12 @@ clients:
             expires_in = opts.expires_in,
             interval = opts.interval,
             max_pending = opts.max_pending,
+            upstream_timeout = opts.upstream_timeout,
+            limits = opts
+                .limits
+                .as_ref()
+                .map(|l| format!("limits:\n{l}"))
+                .unwrap_or_default(),
             // With the IdP down, discovery cannot teach the token path: configure it.
             token_path = if opts.idp_down {
                 "  token_path: /token\n"
@@ -552,4 +564,137 @@ impl Redis {
     pub fn resume(&self) {
         self.signal("-CONT");
     }
+}
+
+/// One request as a scripted upstream saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub request_line: String,
+    pub path: String,
+    pub headers: serde_json::Map<String, Value>,
+    pub body: Vec<u8>,
+}
+
+/// What a scripted upstream answers.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// Wait this long before answering (a slow upstream).
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn json(v: Value) -> Reply {
+        Reply::new(200, "application/json", v.to_string())
+    }
+}
+
+/// A minimal HTTP/1.1 server on 127.0.0.1 that answers every request with `script(request)`
+/// and closes the connection: an upstream whose every byte a test decides.
+pub async fn scripted_upstream(
+    script: impl Fn(&SeenRequest) -> Reply + Send + Sync + 'static,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let script = std::sync::Arc::new(script);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let mut lines = head.split("\r\n");
+                let request_line = lines.next().unwrap_or_default().to_string();
+                let mut headers = serde_json::Map::new();
+                let mut length = 0usize;
+                for l in lines.filter(|l| !l.is_empty()) {
+                    if let Some((k, v)) = l.split_once(':') {
+                        let k = k.trim().to_ascii_lowercase();
+                        if k == "content-length" {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        headers.insert(k, json!(v.trim()));
+                    }
+                }
+                let mut body = buf[head_end..].to_vec();
+                while body.len() < length {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                let path = request_line
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or("/")
+                    .split('?')
+                    .next()
+                    .unwrap_or("/")
+                    .to_string();
+                let seen = SeenRequest {
+                    request_line,
+                    path,
+                    headers,
+                    body,
+                };
+                let reply = script(&seen);
+                tokio::time::sleep(reply.delay).await;
+                let head = format!(
+                    "HTTP/1.1 {} X\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    reply.status,
+                    reply.content_type,
+                    reply.body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&reply.body).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `request` as raw bytes to the gateway (no client-side normalisation of paths) and
+/// returns (status, head, body). The request should carry `Connection: close`.
+pub async fn raw_request(url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the gateway did not answer (hang)");
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {}", String::from_utf8_lossy(&out)));
+    let head = String::from_utf8_lossy(&out[..end]).to_string();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    (status, head, out[end + 4..].to_vec())
 }

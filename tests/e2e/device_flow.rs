@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{browser, s, Env, Options, DEVICE_GRANT};
+use crate::common::{browser, s, scripted_upstream, Env, Options, Reply, DEVICE_GRANT};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -660,62 +660,18 @@ fn check_flag_lists_every_error() {
 /// (method, target, headers, body length and hash), to check what pass-through does to requests.
 async fn echo_upstream() -> u16 {
     use sha2::{Digest, Sha256};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 65536];
-                let head_end = loop {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let mut lines = head.split("\r\n");
-                let request_line = lines.next().unwrap_or_default().to_string();
-                let mut headers = serde_json::Map::new();
-                let mut length = 0usize;
-                for l in lines.filter(|l| !l.is_empty()) {
-                    if let Some((k, v)) = l.split_once(':') {
-                        let k = k.trim().to_ascii_lowercase();
-                        if k == "content-length" {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                        headers.insert(k, json!(v.trim()));
-                    }
-                }
-                let mut body = buf[head_end..].to_vec();
-                while body.len() < length {
-                    let n = sock.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
-                let report = json!({
-                    "request_line": request_line,
-                    "headers": headers,
-                    "body_len": body.len(),
-                    "body_sha256": format!("{:x}", Sha256::digest(&body)),
-                })
-                .to_string();
-                let resp = format!(
-                    "HTTP/1.1 418 I'm a teapot\r\nContent-Type: application/json\r\nX-Echo: yes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{report}",
-                    report.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    port
+    scripted_upstream(|req| {
+        let report = json!({
+            "request_line": req.request_line,
+            "headers": req.headers,
+            "body_len": req.body.len(),
+            "body_sha256": format!("{:x}", Sha256::digest(&req.body)),
+        });
+        let mut reply = Reply::json(report);
+        reply.status = 418;
+        reply
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,7 +699,11 @@ async fn pass_through_keeps_requests_intact() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 418, "{method}: upstream status relayed");
-        assert_eq!(resp.headers()["x-echo"], "yes");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/json",
+            "upstream headers relayed"
+        );
         let seen: Value = resp.json().await.unwrap();
         assert_eq!(
             s(&seen["request_line"]),

@@ -1,10 +1,12 @@
 //! End-to-end tests, one binary (one link) for all of them: the real gateway binary in front of a
 //! real IdP (`oidc-provider`), driven by a device client (reqwest) and a real headless Chromium,
-//! with the embedded store ([`device_flow`]) and a real `redis-server` ([`redis_store`]).
+//! with the embedded store ([`device_flow`]), a real `redis-server` ([`redis_store`]), and
+//! abusive clients and a hostile upstream ([`hardening`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../common/mod.rs"]
 mod common;
 mod device_flow;
+mod hardening;
 mod redis_store;
