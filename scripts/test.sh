@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every prerequisite on a Debian machine and runs devicegate's whole test suite:
-# formatting, clippy, unit tests, and the end-to-end tests against a real OpenID Connect
-# provider (oidc-provider on node) with a real headless Chromium and a real redis-server.
+# formatting, clippy, a RustSec audit of Cargo.lock, unit tests, and the end-to-end tests
+# against a real OpenID Connect provider (oidc-provider on node) with a real headless Chromium
+# and a real redis-server.
 #
 #   sudo ./scripts/test.sh        (as root: runs apt-get update, then installs what is missing)
 #
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server openssl ca-certificates)
+packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server openssl python3-pip ca-certificates)
 if [ "$(id -u)" -eq 0 ]; then
   echo "==> apt-get update && apt-get install ${packages[*]}"
   apt-get update -qq
@@ -19,6 +20,7 @@ if [ "$(id -u)" -eq 0 ]; then
     case "$p" in
       nodejs) command -v node >/dev/null || missing+=(nodejs) ;;
       npm) command -v npm >/dev/null || missing+=(npm) ;;
+      python3-pip) python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip) ;;
       *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
     esac
   done
@@ -46,5 +48,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo audit (RustSec snapshot in .ci/advisory-db.tar.gz)"
+./scripts/audit.sh
 echo "==> cargo test"
 cargo test --locked --all-targets
