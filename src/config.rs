@@ -758,7 +758,7 @@ fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
             errs.push("store.redis.ca_file", "is only used with a rediss:// URL");
             None
         }
-        Some(path) => match std::fs::read(&path) {
+        Some(path) => match read_small_file(&path) {
             Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(pem),
             Ok(_) => {
                 errs.push(
@@ -816,6 +816,21 @@ fn validate_limits(errs: &mut Errors, l: Limits) -> Option<Limits> {
         );
     }
     (errs.0.len() == before).then_some(l)
+}
+
+/// Reads a file of at most 1 MiB (a CA bundle), so a path such as `/dev/zero` fails instead of
+/// filling memory.
+fn read_small_file(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    const MAX: u64 = 1024 * 1024;
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > MAX {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(data)
 }
 
 fn validate_server(errs: &mut Errors, s: FileServer) -> Option<Server> {

@@ -78,6 +78,20 @@ mod tests {
     }
 
     #[test]
+    fn numbers_survive_the_rewrite() {
+        // Found by the discovery_rewrite fuzz target: without serde_json's float_roundtrip,
+        // 4.5e100 came back as 4.4999999999999996e+100 and flipped on every pass.
+        let mut doc = br#"{"x":4.5e100,"y":0.1,"z":18446744073709551615}"#.to_vec();
+        for _ in 0..3 {
+            doc = rewrite(&doc, "e").unwrap();
+            let v: Value = serde_json::from_slice(&doc).unwrap();
+            assert_eq!(v["x"].as_f64(), Some(4.5e100));
+            assert_eq!(v["y"].as_f64(), Some(0.1));
+            assert_eq!(v["z"].as_u64(), Some(u64::MAX));
+        }
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(
             well_known_paths("/"),
