@@ -152,15 +152,25 @@ impl Limits {
         self.code_failures_global.record(GLOBAL, now);
     }
 
-    /// One device authorization request.
-    pub fn device_request(&self, ip: &str, client_id: &str, now: u64) -> Result<(), u64> {
-        self.device_ip.hit(ip, now)?;
+    /// One device authorization request from `ip`: checked before the client authenticates,
+    /// so guessing a client secret is rate limited too.
+    pub fn device_request_from(&self, ip: &str, now: u64) -> Result<(), u64> {
+        self.device_ip.hit(ip, now)
+    }
+
+    /// One device authorization request by an authenticated client (counted only then, so a
+    /// stranger cannot spend a client's budget by naming it).
+    pub fn device_request_by(&self, client_id: &str, now: u64) -> Result<(), u64> {
         self.device_client.hit(client_id, now)
     }
 
-    /// One device-code poll.
-    pub fn poll(&self, ip: &str, client_id: &str, now: u64) -> Result<(), u64> {
-        self.poll_ip.hit(ip, now)?;
+    /// One device-code poll from `ip` (before authentication, as above).
+    pub fn poll_from(&self, ip: &str, now: u64) -> Result<(), u64> {
+        self.poll_ip.hit(ip, now)
+    }
+
+    /// One device-code poll by an authenticated client.
+    pub fn poll_by(&self, client_id: &str, now: u64) -> Result<(), u64> {
         self.poll_client.hit(client_id, now)
     }
 }

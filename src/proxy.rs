@@ -412,14 +412,19 @@ impl Gateway {
         let ip = ip_key(Self::client_ip(session));
         let issued = async {
             let now = now();
+            let limited = Self::rate_limited(false);
+            self.limits
+                .device_request_from(&ip, now)
+                .map_err(&limited)?;
             let creds = Self::credentials(session, &params)?;
             let client = self.authenticate(&creds)?;
             if !client.enabled {
                 return Err(OAuthError::InvalidClient("this client is disabled".into()));
             }
+            let client_id = &client.client_id;
             self.limits
-                .device_request(&ip, &client.client_id, now)
-                .map_err(Self::rate_limited(false))?;
+                .device_request_by(client_id, now)
+                .map_err(limited)?;
             let scopes = resolve_scopes(params.get("scope"), &client.allowed_scopes)?;
             let requester = Self::client_ip(session).map(|ip| ip.to_string());
             self.device
@@ -527,13 +532,15 @@ impl Gateway {
             let now = now();
             Self::within_size_limits(session, &self.config.limits)?;
             let params = Params::parse(&body)?;
+            // Limits come before the store: a flood of polls costs it nothing.
+            let limited = Self::rate_limited(true);
+            self.limits.poll_from(&ip, now).map_err(&limited)?;
             let creds = Self::credentials(session, &params)?;
             let client = self.authenticate(&creds)?;
             let device_code = params.require("device_code")?;
-            // Limits come before the store: a flood of polls costs it nothing.
             self.limits
-                .poll(&ip, &client.client_id, now)
-                .map_err(Self::rate_limited(true))?;
+                .poll_by(&client.client_id, now)
+                .map_err(limited)?;
             self.device.poll(&client.client_id, device_code, now).await
         }
         .await;

@@ -365,7 +365,7 @@ async fn a_flood_of_wrong_codes_is_refused_before_the_eleventh_failure() {
 async fn device_and_token_endpoints_are_rate_limited() {
     let env = Env::start(Options {
         limits: Some(
-            "  device_requests_per_ip_per_minute: 3\n  polls_per_client_per_minute: 5\n".into(),
+            "  device_requests_per_ip_per_minute: 3\n  polls_per_client_per_minute: 5\n  polls_per_ip_per_minute: 8\n".into(),
         ),
         ..Options::default()
     })
@@ -397,6 +397,18 @@ async fn device_and_token_endpoints_are_rate_limited() {
     // Another client is not limited by tv-app's budget.
     let (status, body) = env.poll("kiosk", "unknown-code").await;
     assert_eq!((status, s(&body["error"])), (400, "invalid_grant"));
+    // The address's budget (8) is checked before authentication, so guessing a client secret
+    // by polling is limited too.
+    let guess = [
+        ("grant_type", DEVICE_GRANT),
+        ("device_code", "x"),
+        ("client_id", "kiosk"),
+        ("client_secret", "guess"),
+    ];
+    let (status, _, body) = env.post_form("/token", &guess).await;
+    assert_eq!((status, s(&body["error"])), (401, "invalid_client"));
+    let (status, _, body) = env.post_form("/token", &guess).await;
+    assert_eq!((status, s(&body["error"])), (429, "slow_down"), "{body}");
 }
 
 /// What the hostile IdP does at its token and JWKS endpoints.
