@@ -6,15 +6,19 @@
 //! cargo run --example device_client -- http://localhost:8080 tv-app "openid profile offline_access"
 //! ```
 //!
+//! A confidential client (one with `client_secret` in the gateway's config) authenticates with
+//! `client_secret_post`: set `DEVICE_CLIENT_SECRET`.
+//!
 //! Then open the printed URL in a browser, check the code, press Approve, and log in with any
 //! user name and password at the demo IdP. The client prints the tokens when they arrive. The
 //! same steps by hand:
 //!
 //! ```text
 //! curl -s http://localhost:8080/.well-known/openid-configuration | jq .device_authorization_endpoint
-//! curl -s -d client_id=tv-app -d scope=openid http://localhost:8080/device/code
-//! curl -s -d grant_type=urn:ietf:params:oauth:grant-type:device_code \
-//!      -d client_id=tv-app -d device_code=<device_code> http://localhost:8080/token
+//! curl -s -d client_id=tv-app -d client_secret=$TV_APP_SECRET -d scope=openid \
+//!      http://localhost:8080/device/code
+//! curl -s -d grant_type=urn:ietf:params:oauth:grant-type:device_code -d client_id=tv-app \
+//!      -d client_secret=$TV_APP_SECRET -d device_code=<device_code> http://localhost:8080/token
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -35,6 +39,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let scope = args
         .next()
         .unwrap_or_else(|| "openid profile offline_access".into());
+    let secret = std::env::var("DEVICE_CLIENT_SECRET").ok();
+    let with_secret = |mut form: Vec<(&'static str, String)>| {
+        if let Some(s) = &secret {
+            form.push(("client_secret", s.clone()));
+        }
+        form
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()?;
@@ -56,7 +67,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dev: Value = http
         .post(device_endpoint)
-        .form(&[("client_id", client_id.as_str()), ("scope", scope.as_str())])
+        .form(&with_secret(vec![
+            ("client_id", client_id.clone()),
+            ("scope", scope.clone()),
+        ]))
         .send()
         .await?
         .json()
@@ -96,11 +110,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_secs(interval)).await;
         let resp: Value = http
             .post(token_endpoint)
-            .form(&[
-                ("grant_type", DEVICE_GRANT),
-                ("device_code", device_code),
-                ("client_id", client_id.as_str()),
-            ])
+            .form(&with_secret(vec![
+                ("grant_type", DEVICE_GRANT.to_string()),
+                ("device_code", device_code.to_string()),
+                ("client_id", client_id.clone()),
+            ]))
             .send()
             .await?
             .json()

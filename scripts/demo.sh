@@ -37,4 +37,6 @@ done
 curl -fsS -o /dev/null http://localhost:8080/.well-known/openid-configuration || {
   echo "the demo did not start; logs:" >&2; cat "$logs"/*.log >&2; exit 1; }
 echo "==> IdP on 127.0.0.1:3000, devicegate on http://localhost:8080 (logs in $logs)"
-./target/debug/examples/device_client http://localhost:8080 tv-app "openid profile offline_access"
+# tv-app is a confidential client in conf/devicegate.yaml: the device authenticates with its secret.
+DEVICE_CLIENT_SECRET=$TV_APP_SECRET \
+  ./target/debug/examples/device_client http://localhost:8080 tv-app "openid profile offline_access"
