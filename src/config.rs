@@ -210,6 +210,39 @@ impl Default for Limits {
     }
 }
 
+/// The admin listener (`admin:`): health and metrics, never on the public port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: String,
+}
+
+/// Logging (`log:`). `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter: `info`, `debug`, `devicegate=debug,pingora=warn`, ...
+    pub level: String,
+    /// `text` for people, `json` for log pipelines (one object per line).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
 /// Number of possible user codes: 8 letters from a 20-letter alphabet (RFC 8628 §6.1).
 pub const USER_CODE_SPACE: f64 = 25_600_000_000.0;
 
@@ -220,6 +253,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "device",
     "store",
     "limits",
+    "admin",
+    "log",
     "clients",
     "server",
 ];
@@ -334,6 +369,9 @@ pub struct Config {
     pub device: Device,
     pub store: StoreConfig,
     pub limits: Limits,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen, if anywhere.
+    pub admin_listen: Option<SocketAddr>,
+    pub log: Log,
     pub clients: BTreeMap<String, Client>,
     pub server: Server,
 }
@@ -409,8 +447,28 @@ impl Config {
             .and_then(|s| validate_server(&mut errs, s));
         let limits = section_or_default::<Limits>(&mut errs, "limits", get("limits"))
             .and_then(|l| validate_limits(&mut errs, l));
+        let admin_listen = match get("admin") {
+            None | Some(Value::Null) => Some(None),
+            Some(v) => deserialize::<FileAdmin>(&mut errs, "admin", v)
+                .and_then(|a| parse_socket_addr(&mut errs, "admin.listen", &a.listen, false))
+                .map(Some),
+        };
+        let log = section_or_default::<Log>(&mut errs, "log", get("log"));
+        if let Some(l) = &log {
+            if tracing_subscriber::EnvFilter::try_new(&l.level).is_err() {
+                errs.push(
+                    "log.level",
+                    "not a log filter (e.g. info, debug, devicegate=debug)",
+                );
+            }
+        }
         let clients = validate_clients(&mut errs, get("clients"));
 
+        if let (Some(l), Some(Some(a))) = (listen, admin_listen) {
+            if l == a {
+                errs.push("admin.listen", "must differ from listen (the public port)");
+            }
+        }
         match (listen, public_url, upstream, device, store, limits, server) {
             (
                 Some(listen),
@@ -421,6 +479,8 @@ impl Config {
                 Some(limits),
                 Some(server),
             ) if errs.0.is_empty() => Ok(Config {
+                admin_listen: admin_listen.flatten(),
+                log: log.unwrap_or_default(),
                 listen,
                 public_url,
                 upstream,

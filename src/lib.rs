@@ -11,16 +11,20 @@
 //! - [`pages`]: the verification pages (escaped templates).
 //! - [`discovery`]: the rewrite of the IdP's discovery documents.
 //! - [`form`]: strict form and query parsing.
+//! - [`metrics`]: the Prometheus metrics; [`admin`]: the admin listener serving them with
+//!   `/healthz` and `/readyz`.
 //! - [`limits`]: rate limits (user-code brute force, device and token endpoint floods).
 //! - [`error`]: the OAuth error enum and its JSON wire format.
 //! - [`server`]: assembling the Pingora server.
 
+pub mod admin;
 pub mod config;
 pub mod device;
 pub mod discovery;
 pub mod error;
 pub mod form;
 pub mod limits;
+pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod proxy;

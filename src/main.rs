@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use devicegate::config::LogFormat;
 
 /// OAuth 2.0 Device Authorization Grant (RFC 8628) gateway in front of an OpenID Connect provider.
 #[derive(Parser)]
@@ -19,12 +20,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let config = match devicegate::config::Config::load(&args.config) {
         Ok(c) => c,
         Err(errors) => {
@@ -33,6 +28,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // RUST_LOG, when set, overrides log.level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.init(),
+    }
     let bound = config.brute_force_bound();
     if args.check {
         println!("{}: OK", args.config.display());

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 
+use crate::admin::Admin;
 use crate::config::{Backend, Client, Config, Limits as LimitsConfig};
 use crate::device::code::{display_user_code, normalize_user_code, random_token};
 use crate::device::service::{
@@ -38,6 +39,7 @@ use crate::discovery::{self, DEVICE_GRANT};
 use crate::error::OAuthError;
 use crate::form::{is_form_content_type, Params};
 use crate::limits::{ip_key, Limits};
+use crate::metrics::{MeteredStore, Metrics};
 use crate::oidc::{Oidc, UpstreamError};
 use crate::pages::{security_headers, Consent, Message, Pages};
 
@@ -58,6 +60,7 @@ pub struct Gateway {
     oidc: Arc<Oidc>,
     pages: Pages,
     limits: Limits,
+    metrics: Arc<Metrics>,
     /// Keyed MAC for CSRF tokens and browser bindings, keyed with the store's shared secret
     /// (fetched on first use, so a Redis that is down at start-up only delays it).
     browser_mac: OnceCell<HmacSha256>,
@@ -120,6 +123,11 @@ impl Gateway {
             Backend::Memory => Arc::new(MemoryStore::new(retain, max)),
             Backend::Redis(redis) => Arc::new(RedisStore::new(redis, retain, max)?),
         };
+        let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let store = Arc::new(MeteredStore {
+            inner: store,
+            metrics: metrics.clone(),
+        });
         let device = DeviceService::new(
             store,
             Timing {
@@ -137,6 +145,7 @@ impl Gateway {
             oidc,
             pages,
             limits: Limits::new(&config.limits),
+            metrics,
             browser_mac: OnceCell::new(),
             // `__Host-` pins the cookie to this origin, but browsers only take it when Secure.
             cookie_name: if secure_cookies {
@@ -147,6 +156,31 @@ impl Gateway {
             secure_cookies,
             config,
         })
+    }
+
+    /// The admin endpoints' view of this gateway.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            device: self.device.clone(),
+            oidc: self.oidc.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// A client id as a metric label: configured ids only, so labels stay bounded.
+    fn client_label<'a>(&'a self, client_id: &'a str) -> &'a str {
+        if self.config.clients.contains_key(client_id) {
+            client_id
+        } else {
+            "unknown"
+        }
+    }
+
+    fn count_verification(&self, outcome: &str) {
+        self.metrics
+            .verifications
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     // -----------------------------------------------------------------------------------------
@@ -185,6 +219,12 @@ impl Gateway {
         if e.status() == 401 {
             // RFC 6749 §5.2: a 401 carries WWW-Authenticate.
             headers.push(("WWW-Authenticate", "Basic realm=\"devicegate\"".into()));
+        }
+        if let OAuthError::RateLimited { poll, .. } = e {
+            let limit = if *poll { "poll" } else { "device" };
+            self.metrics.rate_limited.with_label_values(&[limit]).inc();
+            let ip = ip_key(Self::client_ip(session));
+            tracing::info!(target: "audit", event = "refused", limit, client_ip = %ip);
         }
         if let Some(secs) = e.retry_after() {
             // RFC 9110 §10.2.3: tell well-behaved clients when to come back.
@@ -433,14 +473,24 @@ impl Gateway {
                 .map(|i| (i, client.client_id.clone()))
         }
         .await;
+        let claimed = params.get("client_id").unwrap_or_default();
         let (issued, client_id) = match issued {
             Ok(x) => x,
             Err(e) => {
+                let label = self.client_label(claimed);
+                self.metrics
+                    .device_authorizations
+                    .with_label_values(&[label, e.code()])
+                    .inc();
                 tracing::info!(error = e.code(), "device authorization refused");
                 return self.send_oauth_error(session, &e).await;
             }
         };
-        tracing::info!(client_id, "device authorization issued");
+        self.metrics
+            .device_authorizations
+            .with_label_values(&[client_id.as_str(), "issued"])
+            .inc();
+        tracing::info!(target: "audit", event = "created", grant = %issued.id, client_id, client_ip = %ip);
         let shown = display_user_code(&issued.user_code);
         let verification_uri = self.config.public(&self.config.device.verification_path);
         let complete = format!("{verification_uri}?user_code={shown}");
@@ -541,16 +591,28 @@ impl Gateway {
             self.limits
                 .poll_by(&client.client_id, now)
                 .map_err(limited)?;
-            self.device.poll(&client.client_id, device_code, now).await
+            let (grant, result) = self
+                .device
+                .poll_grant(&client.client_id, device_code, now)
+                .await;
+            Ok::<_, OAuthError>((grant, client.client_id.clone(), result?))
         }
         .await;
         match result {
-            Ok(tokens) => {
-                tracing::info!("device tokens delivered");
+            Ok((grant, client_id, tokens)) => {
+                self.metrics.polls.with_label_values(&["delivered"]).inc();
+                let grant = grant.unwrap_or_default();
+                tracing::info!(target: "audit", event = "delivered", grant, client_id, client_ip = %ip);
                 let body = serde_json::to_vec(&tokens).unwrap_or_default();
                 self.send_json(session, 200, body).await
             }
-            Err(e) => self.send_oauth_error(session, &e).await,
+            Err(e) => {
+                self.metrics.polls.with_label_values(&[e.code()]).inc();
+                if e == OAuthError::ExpiredToken {
+                    tracing::info!(target: "audit", event = "expired", client_ip = %ip);
+                }
+                self.send_oauth_error(session, &e).await
+            }
         }
     }
 
@@ -746,7 +808,11 @@ impl Gateway {
         let now = now();
         let ip = ip_key(Self::client_ip(session));
         if let Err(secs) = self.limits.code_entry_allowed(&ip, now) {
-            tracing::warn!(client_ip = %ip, "user-code entry refused: too many wrong codes");
+            self.metrics
+                .rate_limited
+                .with_label_values(&["code_failures"])
+                .inc();
+            tracing::warn!(target: "audit", event = "refused", limit = "code_failures", client_ip = %ip);
             let retry = Some(("Retry-After", secs.to_string()));
             return self
                 .send_message_as(session, Message::TooManyAttempts, 429, retry)
@@ -755,6 +821,7 @@ impl Gateway {
         let typed = params.get("user_code").unwrap_or("");
         let Some(user_code) = normalize_user_code(typed) else {
             self.limits.code_failed(&ip, now);
+            self.count_verification("malformed_code");
             let shown: String = typed.chars().take(20).collect();
             return self.code_error(session, &shown, MALFORMED_CODE).await;
         };
@@ -770,6 +837,7 @@ impl Gateway {
                         if e == BrowserError::UnknownCode {
                             tracing::info!(client_ip = %ip, "unknown user code entered");
                             self.limits.code_failed(&ip, now);
+                            self.count_verification("unknown_code");
                         }
                         return self.browser_error(session, e).await;
                     }
@@ -779,6 +847,7 @@ impl Gateway {
                 };
                 let shown = display_user_code(&user_code);
                 let csrf = keys.csrf_token(&browser, &user_code);
+                tracing::info!(target: "audit", event = "code_entered", grant = %grant.id, client_id = %grant.client_id, client_ip = %ip);
                 let html = self.pages.consent(&Consent {
                     action: &action,
                     client_id: &client.client_id,
@@ -804,7 +873,8 @@ impl Gateway {
                 if act == "deny" {
                     return match self.device.deny(&user_code, now).await {
                         Ok(g) => {
-                            tracing::info!(grant = %g.id, client_id = %g.client_id, "device authorization denied by the user");
+                            self.count_verification("denied");
+                            tracing::info!(target: "audit", event = "denied", by = "user", grant = %g.id, client_id = %g.client_id, client_ip = %ip);
                             self.send_message(session, Message::Denied).await
                         }
                         Err(e) => self.browser_error(session, e).await,
@@ -825,7 +895,11 @@ impl Gateway {
         browser_binding: String,
         now: u64,
     ) -> Result<bool> {
-        let disc = match self.oidc.discovery().await {
+        let started = std::time::Instant::now();
+        let disc = self.oidc.discovery().await;
+        let upstream = &self.metrics.upstream_seconds;
+        Metrics::observe(upstream, "discovery", disc.is_ok(), started.elapsed());
+        let disc = match disc {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the upstream login");
@@ -921,7 +995,8 @@ impl Gateway {
             }
         };
         if let Some(err) = q.get("error") {
-            tracing::info!(grant = %grant.id, error = err, "the identity provider refused the login");
+            self.count_verification("login_failed");
+            tracing::info!(target: "audit", event = "denied", by = "idp", grant = %grant.id, client_id = %grant.client_id, error = err);
             let reason = format!("the identity provider refused the login: {err}");
             return match self
                 .device
@@ -935,11 +1010,14 @@ impl Gateway {
         let Some(code) = q.get("code") else {
             return self.send_message(session, Message::BadRequest).await;
         };
-        let (page, outcome) = match self
+        let started = std::time::Instant::now();
+        let exchanged = self
             .oidc
             .exchange_code(client, code, &login.pkce_verifier, &login.nonce, now)
-            .await
-        {
+            .await;
+        let upstream = &self.metrics.upstream_seconds;
+        Metrics::observe(upstream, "token", exchanged.is_ok(), started.elapsed());
+        let (page, outcome) = match exchanged {
             Ok(res) => {
                 let subject = res.subject.clone();
                 let tokens = res.tokens;
@@ -956,7 +1034,7 @@ impl Gateway {
                         )
                     })
                     .await;
-                tracing::info!(grant = %grant.id, client_id = %grant.client_id, sub = %res.subject, "device authorization approved");
+                tracing::info!(target: "audit", event = "approved", grant = %grant.id, client_id = %grant.client_id, sub = %res.subject, client_ip = %ip_key(Self::client_ip(session)));
                 (Message::Approved, r)
             }
             Err(e) => {
@@ -982,7 +1060,14 @@ impl Gateway {
             }
         };
         match outcome {
-            Ok(_) => self.send_message(session, page).await,
+            Ok(_) => {
+                self.count_verification(match page {
+                    Message::Approved => "approved",
+                    Message::LoginRetry => "login_retry",
+                    _ => "login_failed",
+                });
+                self.send_message(session, page).await
+            }
             Err(e) => self.browser_error(session, e).await,
         }
     }

@@ -5,11 +5,13 @@ use std::sync::Arc;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::proxy::Gateway;
 
-/// A Pingora server with the gateway listening on `config.listen`.
+/// A Pingora server with the gateway listening on `config.listen`, and the admin endpoints on
+/// `admin.listen` when configured.
 pub fn build(config: Config) -> Result<Server, String> {
     let config = Arc::new(config);
     let conf = ServerConf {
@@ -21,6 +23,11 @@ pub fn build(config: Config) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let gateway = Gateway::new(config.clone())?;
+    if let Some(addr) = config.admin_listen {
+        let mut admin = Service::new("devicegate admin".into(), gateway.admin());
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     let mut service = http_proxy_service(&server.configuration, gateway);
     service.add_tcp(&config.listen.to_string());
     server.add_service(service);

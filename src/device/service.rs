@@ -26,6 +26,8 @@ pub struct Timing {
 /// What the device authorization endpoint returns (§3.2), before it is written as JSON.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// The grant's id (for logs; never the device code).
+    pub id: String,
     pub device_code: String,
     /// Canonical form (no dash); shown as `XXXX-XXXX`.
     pub user_code: String,
@@ -61,6 +63,7 @@ pub struct DeviceService {
 /// What this instance last told a device that is still waiting.
 #[derive(Debug, Clone)]
 struct Waiting {
+    grant_id: String,
     client_id: String,
     last_poll: u64,
     interval: u64,
@@ -83,8 +86,8 @@ impl PollGate {
         )
     }
 
-    /// `slow_down` when this device polls again within its interval.
-    fn too_fast(&self, hash: &str, client_id: &str, now: u64) -> Option<OAuthError> {
+    /// `slow_down` (and the grant id) when this device polls again within its interval.
+    fn too_fast(&self, hash: &str, client_id: &str, now: u64) -> Option<(String, OAuthError)> {
         let mut w = self.0.get(hash)?;
         // Another client's poll goes to the store, which answers invalid_grant.
         if w.client_id != client_id || now.saturating_sub(w.last_poll) >= w.interval {
@@ -93,8 +96,9 @@ impl PollGate {
         w.interval += 5;
         w.last_poll = now;
         let interval = w.interval;
+        let grant_id = w.grant_id.clone();
         self.0.insert(hash.to_string(), w);
-        Some(OAuthError::SlowDown { interval })
+        Some((grant_id, OAuthError::SlowDown { interval }))
     }
 }
 
@@ -179,6 +183,7 @@ impl DeviceService {
             match self.store.insert(&grant).await {
                 Ok(()) => {
                     return Ok(Issued {
+                        id: grant.id,
                         device_code,
                         user_code: grant.user_code,
                         expires_in: self.timing.expires_in,
@@ -201,31 +206,44 @@ impl DeviceService {
         device_code: &str,
         now: u64,
     ) -> Result<TokenSet, OAuthError> {
+        self.poll_grant(client_id, device_code, now).await.1
+    }
+
+    /// [`Self::poll`], also naming the grant polled when there is one (for the audit log).
+    pub async fn poll_grant(
+        &self,
+        client_id: &str,
+        device_code: &str,
+        now: u64,
+    ) -> (Option<String>, Result<TokenSet, OAuthError>) {
         let hash = code::hash_device_code(device_code);
-        if let Some(slow_down) = self.gate.too_fast(&hash, client_id, now) {
-            return Err(slow_down);
+        if let Some((grant_id, slow_down)) = self.gate.too_fast(&hash, client_id, now) {
+            return (Some(grant_id), Err(slow_down));
         }
         let mut outcome = None;
         let mut interval = self.timing.interval;
+        let mut grant_id = None;
         let found = self
             .store
             .update(Key::DeviceCodeHash(&hash), &mut |g| {
                 outcome = Some(g.poll(client_id, now));
                 interval = g.interval;
+                grant_id = Some(g.id.clone());
             })
-            .await
-            .map_err(store_to_oauth)?;
-        let result = match outcome {
-            Some(result) if found => result,
+            .await;
+        let result = match (found, outcome) {
+            (Err(e), _) => Err(store_to_oauth(e)),
+            (Ok(true), Some(result)) => result,
             _ => Err(OAuthError::InvalidGrant(
                 "unknown or expired device code".into(),
             )),
         };
-        match &result {
-            Err(OAuthError::AuthorizationPending | OAuthError::SlowDown { .. }) => {
+        match (&result, &grant_id) {
+            (Err(OAuthError::AuthorizationPending | OAuthError::SlowDown { .. }), Some(id)) => {
                 self.gate.0.insert(
                     hash,
                     Waiting {
+                        grant_id: id.clone(),
                         client_id: client_id.to_string(),
                         last_poll: now,
                         interval,
@@ -234,7 +252,7 @@ impl DeviceService {
             }
             _ => self.gate.0.invalidate(&hash),
         }
-        result
+        (grant_id, result)
     }
 
     /// The grant behind a canonical user code, if the browser may still act on it.

@@ -67,6 +67,10 @@ pub struct Options {
     pub upstream_timeout: u64,
     /// The body of a `limits:` section (indented two spaces), if any.
     pub limits: Option<String>,
+    /// Serve `/healthz`, `/readyz` and `/metrics` on an admin listener (`Env::admin_url`).
+    pub admin: bool,
+    /// Log JSON lines (`log.format: json`) instead of text.
+    pub json_logs: bool,
     /// Start a `redis-server` and use the Redis store instead of the embedded one.
     pub redis: bool,
 }
@@ -81,6 +85,8 @@ impl Default for Options {
             upstream_port: None,
             upstream_timeout: 5,
             limits: None,
+            admin: false,
+            json_logs: false,
             redis: false,
         }
     }
@@ -95,6 +101,8 @@ pub struct Gate {
 /// A running IdP and gateway (and Redis, when asked for). Derefs to the gateway's [`Gate`].
 pub struct Env {
     pub gate: Gate,
+    /// `http://127.0.0.1:<admin port>` when `Options::admin` is set.
+    pub admin_url: Option<String>,
     pub dir: tempfile::TempDir,
     pub redis: Option<Redis>,
     port: u16,
@@ -148,6 +156,7 @@ impl Env {
             (Some(p), idp_port)
         };
         let redis = opts.redis.then(Redis::start);
+        let admin_port = opts.admin.then(free_port);
         let store = match &redis {
             Some(r) => format!(
                 "  backend: redis\n  redis:\n    url: redis://:${{REDIS_PASSWORD}}@127.0.0.1:{}/0\n    command_timeout_ms: 500\n",
@@ -168,7 +177,7 @@ upstream:
   interval: {interval}
 store:
   max_pending: {max_pending}
-{store}{limits}server:
+{store}{limits}{admin}{log}server:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 1
@@ -188,6 +197,14 @@ clients:
             interval = opts.interval,
             max_pending = opts.max_pending,
             upstream_timeout = opts.upstream_timeout,
+            admin = admin_port
+                .map(|p| format!("admin:\n  listen: 127.0.0.1:{p}\n"))
+                .unwrap_or_default(),
+            log = if opts.json_logs {
+                "log:\n  format: json\n"
+            } else {
+                ""
+            },
             limits = opts
                 .limits
                 .as_ref()
@@ -201,6 +218,7 @@ clients:
             },
         );
         let mut env = Env {
+            admin_url: admin_port.map(|p| format!("http://127.0.0.1:{p}")),
             gate: Gate {
                 url,
                 http: http_client(),
@@ -213,6 +231,9 @@ clients:
             gateway: None,
         };
         env.gateway = Some(env.spawn_gateway(port, "gateway"));
+        if let Some(p) = admin_port {
+            wait_for_port(p);
+        }
         env
     }
 
@@ -260,6 +281,22 @@ clients:
     pub fn restart_gateway(&mut self) {
         drop(self.gateway.take());
         self.gateway = Some(self.spawn_gateway(self.port, "gateway"));
+    }
+
+    /// Sends SIGTERM to the gateway and waits (at most `limit`) for it to exit.
+    pub fn terminate_gateway(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut proc = self.gateway.take().expect("the gateway runs");
+        let pid = proc.0.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = proc.0.try_wait().expect("wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn gateway_log(&self) -> String {

@@ -1,7 +1,8 @@
 //! End-to-end tests, one binary (one link) for all of them: the real gateway binary in front of a
 //! real IdP (`oidc-provider`), driven by a device client (reqwest) and a real headless Chromium,
 //! with the embedded store ([`device_flow`]), a real `redis-server` ([`redis_store`]), and
-//! abusive clients and a hostile upstream ([`hardening`]).
+//! abusive clients and a hostile upstream ([`hardening`]), and what operators watch
+//! ([`operations`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,4 +10,5 @@
 mod common;
 mod device_flow;
 mod hardening;
+mod operations;
 mod redis_store;

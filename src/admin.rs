@@ -1,0 +1,70 @@
+//! The admin listener (`admin.listen`, off the public port): `/healthz` (the process answers),
+//! `/readyz` (the grant store answers and the IdP's discovery is loaded) and `/metrics`
+//! (Prometheus text format).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::device::service::DeviceService;
+use crate::metrics::Metrics;
+use crate::oidc::Oidc;
+
+/// What the admin endpoints look at.
+pub struct Admin {
+    pub device: DeviceService,
+    pub oidc: Arc<Oidc>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    async fn ready(&self) -> (u16, Vec<u8>) {
+        let store = self.device.stored().await;
+        let upstream = self.oidc.discovery().await;
+        let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+        let body = json!({
+            "store": word(store.is_ok()),
+            "upstream": word(upstream.is_ok()),
+        });
+        let status = if store.is_ok() && upstream.is_ok() {
+            200
+        } else {
+            503
+        };
+        (status, body.to_string().into_bytes())
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let (status, content_type, body) = match path.as_str() {
+            "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let (status, body) = self.ready().await;
+                (status, "application/json", body)
+            }
+            "/metrics" => {
+                if let Ok(n) = self.device.stored().await {
+                    self.metrics
+                        .pending_grants
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+                (200, "text/plain; version=0.0.4", self.metrics.render())
+            }
+            _ => (404, "text/plain", b"not found\n".to_vec()),
+        };
+        Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, content_type)
+            .header(CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,192 @@
+//! Prometheus metrics, served on the admin listener ([`crate::admin`]).
+//!
+//! One [`Metrics`] value holds every family in its own registry (no globals), so tests and
+//! several gateways in one process do not share counters. Label values are bounded: client ids
+//! come from the configuration (anything else is `unknown`), outcomes from fixed lists.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::device::{Grant, Key, Store, StoreError};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Device authorization requests by client and result (`issued` or the OAuth error code).
+    pub device_authorizations: IntCounterVec,
+    /// Device-code polls by outcome: `delivered`, or the OAuth error code (`authorization_pending`,
+    /// `slow_down`, `access_denied`, `expired_token`, `invalid_grant`, ...).
+    pub polls: IntCounterVec,
+    /// Verification-page and login outcomes: `approved`, `denied`, `login_failed`,
+    /// `login_retry`, `unknown_code`, `malformed_code`, `refused`.
+    pub verifications: IntCounterVec,
+    /// Requests refused by a limit, by limit (`code_failures`, `device`, `poll`).
+    pub rate_limited: IntCounterVec,
+    /// Back-channel calls to the IdP by operation (`discovery`, `token`, `jwks`) and result.
+    pub upstream_seconds: HistogramVec,
+    /// Grant store operations by operation and result.
+    pub store_seconds: HistogramVec,
+    /// Grants in the store (set at scrape time).
+    pub pending_grants: IntGauge,
+}
+
+type Result<T> = std::result::Result<T, prometheus::Error>;
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<HistogramVec> {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        let r = Registry::new_custom(Some("devicegate".into()), None)?;
+        let pending_grants = IntGauge::new("pending_grants", "Grants in the store")?;
+        r.register(Box::new(pending_grants.clone()))?;
+        Ok(Self {
+            device_authorizations: counter(
+                &r,
+                "device_authorizations_total",
+                "Device authorization requests by client and result",
+                &["client_id", "result"],
+            )?,
+            polls: counter(
+                &r,
+                "polls_total",
+                "Device-code polls by outcome",
+                &["outcome"],
+            )?,
+            verifications: counter(
+                &r,
+                "verifications_total",
+                "Verification page and login outcomes",
+                &["outcome"],
+            )?,
+            rate_limited: counter(
+                &r,
+                "rate_limited_total",
+                "Requests refused by a limit",
+                &["limit"],
+            )?,
+            upstream_seconds: histogram(
+                &r,
+                "upstream_request_seconds",
+                "Back-channel calls to the identity provider",
+                &["operation", "result"],
+            )?,
+            store_seconds: histogram(
+                &r,
+                "store_operation_seconds",
+                "Grant store operations",
+                &["operation", "result"],
+            )?,
+            pending_grants,
+            registry: r,
+        })
+    }
+
+    /// Records one timed operation.
+    pub fn observe(h: &HistogramVec, operation: &str, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        h.with_label_values(&[operation, result])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// A [`Store`] that times every operation of the store it wraps.
+pub struct MeteredStore {
+    pub inner: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    async fn timed<T>(
+        &self,
+        operation: &str,
+        op: impl std::future::Future<Output = std::result::Result<T, StoreError>>,
+    ) -> std::result::Result<T, StoreError> {
+        let start = Instant::now();
+        let r = op.await;
+        Metrics::observe(
+            &self.metrics.store_seconds,
+            operation,
+            r.is_ok(),
+            start.elapsed(),
+        );
+        r
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    async fn insert(&self, grant: &Grant) -> std::result::Result<(), StoreError> {
+        self.timed("insert", self.inner.insert(grant)).await
+    }
+
+    async fn get(&self, key: Key<'_>) -> std::result::Result<Option<Grant>, StoreError> {
+        self.timed("get", self.inner.get(key)).await
+    }
+
+    async fn update(
+        &self,
+        key: Key<'_>,
+        change: &mut (dyn for<'g> FnMut(&'g mut Grant) + Send),
+    ) -> std::result::Result<bool, StoreError> {
+        self.timed("update", self.inner.update(key, change)).await
+    }
+
+    async fn count(&self) -> std::result::Result<u64, StoreError> {
+        self.timed("count", self.inner.count()).await
+    }
+
+    async fn shared_secret(&self) -> std::result::Result<[u8; 32], StoreError> {
+        self.timed("shared_secret", self.inner.shared_secret())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_counted() {
+        let m = Metrics::new().unwrap();
+        m.polls.with_label_values(&["delivered"]).inc();
+        Metrics::observe(&m.store_seconds, "update", true, Duration::from_millis(2));
+        m.pending_grants.set(3);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains("devicegate_polls_total{outcome=\"delivered\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("devicegate_pending_grants 3"), "{text}");
+        assert!(
+            text.contains(
+                "devicegate_store_operation_seconds_count{operation=\"update\",result=\"ok\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Operations: the admin listener (`/healthz`, `/readyz`, `/metrics`) after a full flow, the
+//! JSON audit log, and a clean exit on SIGTERM in the middle of a flow.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{browser, s, Env, Options};
+
+async fn get(env: &Env, path: &str) -> (u16, String) {
+    let url = format!("{}{path}", env.admin_url.as_deref().unwrap());
+    let resp = env.http.get(url).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The value of one sample line of the Prometheus text format.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_audit_log_after_a_full_flow() {
+    let env = Env::start(Options {
+        admin: true,
+        json_logs: true,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(get(&env, "/healthz").await, (200, "ok\n".to_string()));
+    let (status, body) = get(&env, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready, json!({"store": "ok", "upstream": "ok"}));
+
+    let dev = env.authorize("tv-app", "openid profile").await;
+    let device_code = s(&dev["device_code"]).to_string();
+    let (_, body) = env.poll("tv-app", &device_code).await;
+    assert_eq!(s(&body["error"]), "authorization_pending");
+    let report = browser(json!({
+        "name": "operations", "url": dev["verification_uri_complete"],
+        "action": "approve", "username": "frank",
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    let (status, tokens) = env
+        .poll_until_done("tv-app", &device_code, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+
+    let (status, metrics) = get(&env, "/metrics").await;
+    assert_eq!(status, 200);
+    let m = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        m(r#"devicegate_device_authorizations_total{client_id="tv-app",result="issued"}"#),
+        1.0
+    );
+    assert!(m(r#"devicegate_polls_total{outcome="authorization_pending"}"#) >= 1.0);
+    assert_eq!(m(r#"devicegate_polls_total{outcome="delivered"}"#), 1.0);
+    assert_eq!(
+        m(r#"devicegate_verifications_total{outcome="approved"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"devicegate_upstream_request_seconds_count{operation="token",result="ok"}"#),
+        1.0
+    );
+    assert!(
+        m(r#"devicegate_store_operation_seconds_count{operation="update",result="ok"}"#) >= 3.0
+    );
+    assert_eq!(m("devicegate_pending_grants"), 1.0);
+    // The metrics are not on the public port: there the path belongs to the IdP.
+    let public = env
+        .http
+        .get(format!("{}/metrics", env.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+
+    // One JSON audit event per step of the grant's life, all naming the same grant, and
+    // never a code, a token or a secret.
+    let log = env.gateway_log();
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect();
+    let names: Vec<&str> = events.iter().map(|e| s(&e["event"])).collect();
+    assert_eq!(
+        names,
+        ["created", "code_entered", "approved", "delivered"],
+        "{log}"
+    );
+    let grant = s(&events[0]["grant"]);
+    assert!(grant.len() >= 16);
+    for e in &events {
+        assert_eq!(s(&e["grant"]), grant, "{e}");
+        assert_eq!(s(&e["client_id"]), "tv-app", "{e}");
+        assert_eq!(s(&e["client_ip"]), "127.0.0.1", "{e}");
+    }
+    assert_eq!(s(&events[2]["sub"]), "frank");
+    for secret in [
+        device_code.as_str(),
+        s(&tokens["access_token"]),
+        s(&tokens["id_token"]),
+        &s(&dev["user_code"]).replace('-', ""),
+    ] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_an_unreachable_upstream() {
+    let env = Env::start(Options {
+        admin: true,
+        idp_down: true,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(get(&env, "/healthz").await.0, 200);
+    let (status, body) = get(&env, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready, json!({"store": "ok", "upstream": "unavailable"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_pending_flow_exits_cleanly() {
+    // The fixture's grace: grace_period_seconds 0, graceful_shutdown_timeout_seconds 1.
+    let mut env = Env::start(Options::default()).await;
+    let dev = env.authorize("tv-app", "openid").await;
+    let (_, body) = env.poll("tv-app", s(&dev["device_code"])).await;
+    assert_eq!(s(&body["error"]), "authorization_pending");
+    let status = env.terminate_gateway(Duration::from_secs(15));
+    let status = status.expect("the gateway did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
