@@ -289,8 +289,11 @@ pub struct Upstream {
     pub address: String,
     /// `address` resolved once at start-up.
     pub addr: SocketAddr,
-    /// The IdP's issuer identifier, without a trailing slash.
+    /// The IdP's issuer URL, without a trailing slash (for building URLs).
     pub issuer: Url,
+    /// The issuer identifier exactly as configured: ID tokens' `iss` must equal it
+    /// (OpenID Connect Core §3.1.3.7), and some IdPs' ends in `/` (Auth0).
+    pub issuer_id: String,
     pub tls: bool,
     /// Host of the issuer: the TLS SNI, and the `Host` of back-channel requests.
     pub sni: String,
@@ -682,6 +685,7 @@ fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Upstream> {
         address: u.address,
         addr,
         issuer,
+        issuer_id: u.issuer.trim().to_string(),
         tls: u.tls,
         sni,
         timeout: Duration::from_secs(u.timeout),
@@ -1008,6 +1012,10 @@ clients:
     fn good_config_with_defaults() {
         let c = Config::from_yaml(GOOD, &env).unwrap();
         assert_eq!(c.public_url.as_str(), "http://localhost:8080/");
+        assert_eq!(c.upstream.issuer_id, "http://localhost:8080");
+        let slash = GOOD.replace("issuer: http://localhost:8080", "issuer: https://t.example/");
+        let c2 = Config::from_yaml(&slash, &env).unwrap();
+        assert_eq!(c2.upstream.issuer_id, "https://t.example/", "kept as written (Auth0)");
         assert_eq!(c.public("/device"), "http://localhost:8080/device");
         assert_eq!(c.device.verification_path, "/device");
         assert_eq!(c.device.interval, 5);

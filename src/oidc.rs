@@ -414,7 +414,7 @@ impl Oidc {
         nonce: &str,
         now: u64,
     ) -> Result<String, UpstreamError> {
-        let issuer = self.config.upstream.issuer.as_str().trim_end_matches('/');
+        let issuer = self.config.upstream.issuer_id.as_str();
         let mut result = Err(IdTokenError::Malformed(String::new()));
         for force in [false, true] {
             let keys = self.keys(force).await?;
