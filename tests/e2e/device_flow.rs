@@ -636,24 +636,36 @@ fn check_flag_lists_every_error() {
     }
     assert!(err.contains("DG_TEST_UNSET_VAR is not set"), "{err}");
 
-    // Every shipped example passes `--check` with its secrets in the environment.
-    for name in ["devicegate.yaml", "redis.yaml"] {
-        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("conf")
-            .join(name);
-        let out = std::process::Command::new(bin)
-            .args(["--check", "--config"])
-            .arg(&shipped)
-            .env("TV_APP_SECRET", "x")
-            .env("REDIS_PASSWORD", "y")
-            .output()
-            .unwrap();
+    // Every shipped example passes `--check` with its `${NAME}` secrets in the environment.
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&conf).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let vars: Vec<&str> = text
+            .split("${")
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .collect();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["--check", "--config"]).arg(&path);
+        for v in vars {
+            cmd.env(v, "example-secret");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success(),
-            "{name}: {}",
+            out.status.success() && stdout.contains(": OK"),
+            "{}: {}",
+            path.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+        checked += 1;
     }
+    assert!(checked >= 7, "only {checked} files in conf/");
 }
 
 /// A plain HTTP/1.1 upstream that answers every request with a description of what it received
