@@ -62,6 +62,17 @@ struct FileUpstream {
     timeout: u64,
     /// Path of the IdP's token endpoint; learned from discovery when omitted.
     token_path: Option<String>,
+    /// PEM CA certificates to verify a TLS upstream with, instead of the system roots.
+    ca_file: Option<String>,
+}
+
+/// The TLS listener (`listen_tls:`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListenTls {
+    listen: String,
+    cert_file: String,
+    key_file: String,
 }
 
 fn default_upstream_timeout() -> u64 {
@@ -252,6 +263,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "upstream",
     "device",
     "store",
+    "listen_tls",
     "limits",
     "admin",
     "log",
@@ -300,6 +312,17 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Path of the IdP's token endpoint when configured; otherwise learned from discovery.
     pub token_path: Option<String>,
+    /// CA file for a TLS upstream (pass-through and back channel), and its PEM content.
+    pub ca_file: Option<(String, Vec<u8>)>,
+}
+
+/// The public TLS listener (rustls).
+#[derive(Debug, Clone)]
+pub struct ListenTls {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key files, read by the server at start-up.
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 /// Device-flow settings.
@@ -366,6 +389,7 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub listen_tls: Option<ListenTls>,
     /// Origin devices and browsers use, without a trailing slash.
     pub public_url: Url,
     pub upstream: Upstream,
@@ -456,6 +480,12 @@ impl Config {
                 .and_then(|a| parse_socket_addr(&mut errs, "admin.listen", &a.listen, false))
                 .map(Some),
         };
+        let listen_tls = match get("listen_tls") {
+            None | Some(Value::Null) => Some(None),
+            Some(v) => deserialize::<FileListenTls>(&mut errs, "listen_tls", v)
+                .and_then(|t| validate_listen_tls(&mut errs, t))
+                .map(Some),
+        };
         let log = section_or_default::<Log>(&mut errs, "log", get("log"));
         if let Some(l) = &log {
             if tracing_subscriber::EnvFilter::try_new(&l.level).is_err() {
@@ -472,6 +502,11 @@ impl Config {
                 errs.push("admin.listen", "must differ from listen (the public port)");
             }
         }
+        if let (Some(l), Some(Some(t))) = (listen, &listen_tls) {
+            if l == t.listen {
+                errs.push("listen_tls.listen", "must differ from listen");
+            }
+        }
         match (listen, public_url, upstream, device, store, limits, server) {
             (
                 Some(listen),
@@ -482,6 +517,7 @@ impl Config {
                 Some(limits),
                 Some(server),
             ) if errs.0.is_empty() => Ok(Config {
+                listen_tls: listen_tls.flatten(),
                 admin_listen: admin_listen.flatten(),
                 log: log.unwrap_or_default(),
                 listen,
@@ -679,6 +715,20 @@ fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Upstream> {
     if let Some(p) = &u.token_path {
         validate_path(errs, "upstream.token_path", p);
     }
+    let ca_file = match u.ca_file {
+        Some(_) if !u.tls => {
+            errs.push("upstream.ca_file", "is only used with `tls: true`");
+            None
+        }
+        Some(path) => match read_pem(&path, "CERTIFICATE") {
+            Ok(pem) => Some((path, pem)),
+            Err(e) => {
+                errs.push("upstream.ca_file", e);
+                None
+            }
+        },
+        None => None,
+    };
     let (addr, issuer) = (addr?, issuer?);
     let sni = issuer.host_str().unwrap_or_default().to_string();
     Some(Upstream {
@@ -690,6 +740,7 @@ fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Upstream> {
         sni,
         timeout: Duration::from_secs(u.timeout),
         token_path: u.token_path,
+        ca_file,
     })
 }
 
@@ -822,20 +873,9 @@ fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
             errs.push("store.redis.ca_file", "is only used with a rediss:// URL");
             None
         }
-        Some(path) => match read_small_file(&path) {
-            Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => Some(pem),
-            Ok(_) => {
-                errs.push(
-                    "store.redis.ca_file",
-                    format!("{path} holds no PEM certificate"),
-                );
-                None
-            }
-            Err(e) => {
-                errs.push("store.redis.ca_file", format!("cannot read {path}: {e}"));
-                None
-            }
-        },
+        Some(path) => read_pem(&path, "CERTIFICATE")
+            .map_err(|e| errs.push("store.redis.ca_file", e))
+            .ok(),
         None => None,
     };
     (errs.0.len() == before).then(|| Redis {
@@ -880,6 +920,39 @@ fn validate_limits(errs: &mut Errors, l: Limits) -> Option<Limits> {
         );
     }
     (errs.0.len() == before).then_some(l)
+}
+
+/// Reads a PEM file holding at least one `-----BEGIN {label}` block (a label ending in it, such
+/// as `PRIVATE KEY` for `RSA PRIVATE KEY`, counts).
+fn read_pem(path: &str, label: &str) -> Result<Vec<u8>, String> {
+    let pem = read_small_file(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let text = String::from_utf8_lossy(&pem);
+    let found = text.split("-----BEGIN ").skip(1).any(|block| {
+        block
+            .split("-----")
+            .next()
+            .is_some_and(|l| l.ends_with(label))
+    });
+    if found {
+        Ok(pem)
+    } else {
+        Err(format!("{path} holds no PEM {label}"))
+    }
+}
+
+fn validate_listen_tls(errs: &mut Errors, t: FileListenTls) -> Option<ListenTls> {
+    let listen = parse_socket_addr(errs, "listen_tls.listen", &t.listen, false);
+    let cert =
+        read_pem(&t.cert_file, "CERTIFICATE").map_err(|e| errs.push("listen_tls.cert_file", e));
+    let key = read_pem(&t.key_file, "PRIVATE KEY").map_err(|e| errs.push("listen_tls.key_file", e));
+    match (listen, cert, key) {
+        (Some(listen), Ok(_), Ok(_)) => Some(ListenTls {
+            listen,
+            cert_file: t.cert_file,
+            key_file: t.key_file,
+        }),
+        _ => None,
+    }
 }
 
 /// Reads a file of at most 1 MiB (a CA bundle), so a path such as `/dev/zero` fails instead of
@@ -1013,9 +1086,15 @@ clients:
         let c = Config::from_yaml(GOOD, &env).unwrap();
         assert_eq!(c.public_url.as_str(), "http://localhost:8080/");
         assert_eq!(c.upstream.issuer_id, "http://localhost:8080");
-        let slash = GOOD.replace("issuer: http://localhost:8080", "issuer: https://t.example/");
+        let slash = GOOD.replace(
+            "issuer: http://localhost:8080",
+            "issuer: https://t.example/",
+        );
         let c2 = Config::from_yaml(&slash, &env).unwrap();
-        assert_eq!(c2.upstream.issuer_id, "https://t.example/", "kept as written (Auth0)");
+        assert_eq!(
+            c2.upstream.issuer_id, "https://t.example/",
+            "kept as written (Auth0)"
+        );
         assert_eq!(c.public("/device"), "http://localhost:8080/device");
         assert_eq!(c.device.verification_path, "/device");
         assert_eq!(c.device.interval, 5);
@@ -1161,7 +1240,7 @@ extra: 1
         has(
             ca("rediss://h", "/etc/hostname"),
             "store.redis.ca_file",
-            "no PEM certificate",
+            "no PEM CERTIFICATE",
         );
     }
 

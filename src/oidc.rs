@@ -91,7 +91,17 @@ pub struct LoginResult {
 impl Oidc {
     pub fn new(config: Arc<Config>) -> Result<Self, UpstreamError> {
         let up = &config.upstream;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some((_, pem)) = &up.ca_file {
+            // A private CA: trust exactly it, not the public roots.
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| UpstreamError::Invalid(format!("upstream.ca_file: {e}")))?;
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(up.timeout)
             .timeout(up.timeout)

@@ -18,6 +18,12 @@ pub fn build(config: Config) -> Result<Server, String> {
         threads: config.server.threads,
         grace_period_seconds: Some(config.server.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_seconds),
+        // Pass-through TLS to the IdP verifies with this CA instead of the system roots.
+        ca_file: config
+            .upstream
+            .ca_file
+            .as_ref()
+            .map(|(path, _)| path.clone()),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -30,6 +36,11 @@ pub fn build(config: Config) -> Result<Server, String> {
     }
     let mut service = http_proxy_service(&server.configuration, gateway);
     service.add_tcp(&config.listen.to_string());
+    if let Some(tls) = &config.listen_tls {
+        service
+            .add_tls(&tls.listen.to_string(), &tls.cert_file, &tls.key_file)
+            .map_err(|e| format!("listen_tls: {e}"))?;
+    }
     server.add_service(service);
     Ok(server)
 }

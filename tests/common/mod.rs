@@ -71,6 +71,8 @@ pub struct Options {
     pub admin: bool,
     /// Log JSON lines (`log.format: json`) instead of text.
     pub json_logs: bool,
+    /// Also listen with TLS (`Env::tls_port`), with these PEM certificate and key files.
+    pub listen_tls: Option<(String, String)>,
     /// Start a `redis-server` and use the Redis store instead of the embedded one.
     pub redis: bool,
 }
@@ -87,6 +89,7 @@ impl Default for Options {
             limits: None,
             admin: false,
             json_logs: false,
+            listen_tls: None,
             redis: false,
         }
     }
@@ -103,6 +106,8 @@ pub struct Env {
     pub gate: Gate,
     /// `http://127.0.0.1:<admin port>` when `Options::admin` is set.
     pub admin_url: Option<String>,
+    /// The TLS listener's port when `Options::listen_tls` is set.
+    pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     pub redis: Option<Redis>,
     port: u16,
@@ -157,6 +162,7 @@ impl Env {
         };
         let redis = opts.redis.then(Redis::start);
         let admin_port = opts.admin.then(free_port);
+        let tls_port = opts.listen_tls.as_ref().map(|_| free_port());
         let store = match &redis {
             Some(r) => format!(
                 "  backend: redis\n  redis:\n    url: redis://:${{REDIS_PASSWORD}}@127.0.0.1:{}/0\n    command_timeout_ms: 500\n",
@@ -177,7 +183,7 @@ upstream:
   interval: {interval}
 store:
   max_pending: {max_pending}
-{store}{limits}{admin}{log}server:
+{store}{limits}{admin}{log}{tls}server:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 1
@@ -200,6 +206,12 @@ clients:
             admin = admin_port
                 .map(|p| format!("admin:\n  listen: 127.0.0.1:{p}\n"))
                 .unwrap_or_default(),
+            tls = match (&opts.listen_tls, tls_port) {
+                (Some((cert, key)), Some(p)) => format!(
+                    "listen_tls:\n  listen: 127.0.0.1:{p}\n  cert_file: {cert}\n  key_file: {key}\n"
+                ),
+                _ => String::new(),
+            },
             log = if opts.json_logs {
                 "log:\n  format: json\n"
             } else {
@@ -219,6 +231,7 @@ clients:
         );
         let mut env = Env {
             admin_url: admin_port.map(|p| format!("http://127.0.0.1:{p}")),
+            tls_port,
             gate: Gate {
                 url,
                 http: http_client(),
@@ -231,7 +244,7 @@ clients:
             gateway: None,
         };
         env.gateway = Some(env.spawn_gateway(port, "gateway"));
-        if let Some(p) = admin_port {
+        for p in admin_port.into_iter().chain(tls_port) {
             wait_for_port(p);
         }
         env
@@ -734,4 +747,65 @@ pub async fn raw_request(url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
     (status, head, out[end + 4..].to_vec())
+}
+
+/// A throwaway CA and a certificate for `localhost` and 127.0.0.1 signed by it, made with the
+/// `openssl` command in `dir`: returns (ca.pem, server.pem, server.key) paths.
+pub fn test_certificates(dir: &Path) -> (String, String, String) {
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "openssl {args:?} failed (apt-get install openssl)");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=devicegate test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.pem",
+    ]);
+    let path = |n: &str| dir.join(n).display().to_string();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
 }

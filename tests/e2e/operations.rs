@@ -139,3 +139,85 @@ async fn sigterm_during_a_pending_flow_exits_cleanly() {
     let status = status.expect("the gateway did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_and_a_tls_upstream_with_a_private_ca() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = crate::common::test_certificates(certs_dir.path());
+    let env = Env::start(Options {
+        listen_tls: Some((cert, key)),
+        ..Options::default()
+    })
+    .await;
+    let tls_port = env.tls_port.unwrap();
+
+    // Devices reach the gateway over TLS (rustls), certificate verified against the test CA.
+    let ca_cert = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca_cert)
+        .build()
+        .unwrap();
+    let disc: Value = https
+        .get(format!(
+            "https://localhost:{tls_port}/.well-known/openid-configuration"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        s(&disc["device_authorization_endpoint"]),
+        format!("{}/device/code", env.url)
+    );
+    let resp = https
+        .post(format!("https://localhost:{tls_port}/device/code"))
+        .form(&[("client_id", "tv-app")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A second gateway whose upstream is that TLS listener: with upstream.ca_file naming the
+    // private CA its pass-through verifies and works; without it the certificate is refused.
+    for (ca_line, expect) in [(format!("  ca_file: {ca}\n"), 200), (String::new(), 502)] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = certs_dir.path().join(format!("front-{expect}.yaml"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\npublic_url: {url}\nupstream:\n  address: 127.0.0.1:{tls_port}\n  issuer: {url}\n  tls: true\n  token_path: /token\n{ca_line}server:\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nclients:\n  - client_id: tv-app\n",
+                url = env.url
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_devicegate"))
+            .arg("--config")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let _front = crate::common::Proc(child);
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "front gateway did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let resp = env
+            .http
+            .get(format!("http://127.0.0.1:{port}/jwks"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), expect, "ca_file {ca_line:?}");
+    }
+}
