@@ -33,12 +33,15 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- run -----------------------------------------------------------------------------------
 # distroless/cc: glibc, libgcc and CA certificates (pass-through TLS to the IdP uses the system
-# store), no shell, no package manager. The :nonroot tag runs as uid/gid 65532.
+# store unless upstream.ca_file names a private CA's PEM bundle: mount it read-only), no shell,
+# no package manager. The :nonroot tag runs as uid/gid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/devicegate /usr/local/bin/devicegate
 COPY conf/ /etc/devicegate/
 USER nonroot:nonroot
-# The public listener (plain HTTP: terminate TLS in front of the container).
+# The public listener (plain HTTP: terminate TLS in front of the container, or in devicegate
+# itself with listen_tls). listen_tls on 8443: add -p 8443:8443 and mount the PEM certificate
+# chain and key read-only (e.g. -v /etc/devicegate/tls:/etc/devicegate/tls:ro).
 EXPOSE 8080
 # No HEALTHCHECK: the distroless image has no shell, curl or wget to run one with. Set
 # admin.listen (e.g. 0.0.0.0:9090) and point your orchestrator's probes at /healthz and /readyz.

@@ -170,6 +170,7 @@ struct FileServer {
     threads: usize,
     grace_period_seconds: u64,
     graceful_shutdown_timeout_seconds: u64,
+    upgrade_sock: String,
 }
 
 impl Default for FileServer {
@@ -178,6 +179,7 @@ impl Default for FileServer {
             threads: 2,
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 5,
+            upgrade_sock: "/tmp/devicegate_upgrade.sock".into(),
         }
     }
 }
@@ -383,6 +385,9 @@ pub struct Server {
     pub threads: usize,
     pub grace_period_seconds: u64,
     pub graceful_shutdown_timeout_seconds: u64,
+    /// Unix socket through which a running gateway hands its listeners to one started with
+    /// `--upgrade` (zero-downtime upgrade, on SIGQUIT).
+    pub upgrade_sock: String,
 }
 
 /// The validated configuration.
@@ -979,6 +984,7 @@ fn validate_server(errs: &mut Errors, s: FileServer) -> Option<Server> {
         threads: s.threads,
         grace_period_seconds: s.grace_period_seconds,
         graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
+        upgrade_sock: s.upgrade_sock,
     })
 }
 

@@ -1,4 +1,4 @@
-//! `devicegate --config PATH [--check]`
+//! `devicegate --config PATH [--check] [--upgrade]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +16,10 @@ struct Args {
     /// Validate the configuration, print every error, and exit.
     #[arg(long)]
     check: bool,
+    /// Take the listeners over from the running gateway (zero-downtime upgrade): start the new
+    /// binary with this flag, then send SIGQUIT to the old one.
+    #[arg(short, long)]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -58,7 +62,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     tracing::info!(listen = %config.listen, upstream = %config.upstream.address, issuer = %config.upstream.issuer, "starting devicegate");
-    match devicegate::server::build(config) {
+    match devicegate::server::build(config, args.upgrade) {
         Ok(server) => server.run_forever(),
         Err(e) => {
             eprintln!("cannot start: {e}");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use pingora::proxy::http_proxy_service;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
@@ -12,7 +12,11 @@ use crate::proxy::Gateway;
 
 /// A Pingora server with the gateway listening on `config.listen`, and the admin endpoints on
 /// `admin.listen` when configured.
-pub fn build(config: Config) -> Result<Server, String> {
+///
+/// With `upgrade`, the listeners are taken over from a running gateway: it hands them over
+/// through `server.upgrade_sock` when it receives SIGQUIT, then drains and exits, so no
+/// connection is refused during the switch.
+pub fn build(config: Config, upgrade: bool) -> Result<Server, String> {
     let config = Arc::new(config);
     let conf = ServerConf {
         threads: config.server.threads,
@@ -24,9 +28,14 @@ pub fn build(config: Config) -> Result<Server, String> {
             .ca_file
             .as_ref()
             .map(|(path, _)| path.clone()),
+        upgrade_sock: config.server.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let gateway = Gateway::new(config.clone())?;
     if let Some(addr) = config.admin_listen {

@@ -187,6 +187,7 @@ store:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 1
+  upgrade_sock: {upgrade_sock}
 clients:
   - client_id: tv-app
     name: Living-room TV
@@ -203,6 +204,7 @@ clients:
             interval = opts.interval,
             max_pending = opts.max_pending,
             upstream_timeout = opts.upstream_timeout,
+            upgrade_sock = dir.path().join("upgrade.sock").display(),
             admin = admin_port
                 .map(|p| format!("admin:\n  listen: 127.0.0.1:{p}\n"))
                 .unwrap_or_default(),
@@ -252,6 +254,12 @@ clients:
 
     /// Starts the gateway binary listening on `port`, logging to `<name>.log`.
     fn spawn_gateway(&self, port: u16, name: &str) -> Proc {
+        let proc = self.spawn_gateway_with(port, name, &[]);
+        wait_for_port(port);
+        proc
+    }
+
+    fn spawn_gateway_with(&self, port: u16, name: &str, args: &[&str]) -> Proc {
         let conf_path = self.dir.path().join(format!("{name}.yaml"));
         let config = self.config.replace("{LISTEN_PORT}", &port.to_string());
         std::fs::write(&conf_path, config).expect("write config");
@@ -263,6 +271,7 @@ clients:
         let child = Command::new(env!("CARGO_BIN_EXE_devicegate"))
             .arg("--config")
             .arg(&conf_path)
+            .args(args)
             .env("KIOSK_SECRET", KIOSK_SECRET)
             .env("REDIS_PASSWORD", REDIS_PASSWORD)
             .env("RUST_LOG", "info")
@@ -270,9 +279,35 @@ clients:
             .stderr(log)
             .spawn()
             .expect("start the gateway binary");
-        let proc = Proc(child);
-        wait_for_port(port);
-        proc
+        Proc(child)
+    }
+
+    /// Zero-downtime upgrade: starts a new gateway with `--upgrade`, then sends SIGQUIT to the
+    /// running one, which hands over its listening sockets and drains.
+    pub fn upgrade_gateway(&mut self) {
+        let sock = self.dir.path().join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let new = self.spawn_gateway_with(self.port, "gateway", &["--upgrade"]);
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the new gateway did not open {sock:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut old = self.gateway.replace(new).expect("a running gateway");
+        let pid = old.0.id().to_string();
+        let sent = Command::new("kill").args(["-QUIT", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -QUIT {pid}");
+        let start = Instant::now();
+        while old.0.try_wait().expect("wait").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the old gateway did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A second gateway instance on its own port, with the same configuration and store (as a

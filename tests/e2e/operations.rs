@@ -221,3 +221,18 @@ async fn tls_listener_and_a_tls_upstream_with_a_private_ca() {
         assert_eq!(resp.status().as_u16(), expect, "ca_file {ca_line:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_with_the_memory_store_answers_in_flight_devices_without_5xx() {
+    let mut env = Env::start(Options::default()).await;
+    let dev = env.authorize("tv-app", "openid").await;
+    tokio::task::block_in_place(|| env.upgrade_gateway());
+    // The new process never saw the grant: the device learns to start over, not a 5xx.
+    let (status, body) = env.poll("tv-app", s(&dev["device_code"])).await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (400, "invalid_grant"),
+        "{body}"
+    );
+    env.authorize("tv-app", "openid").await;
+}

@@ -197,3 +197,54 @@ async fn redis_outage_fails_closed_and_recovers() {
     let fresh = env.authorize("tv-app", "openid").await;
     assert!(!s(&fresh["user_code"]).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_downtime_upgrade_keeps_pending_grants_and_refuses_no_connection() {
+    let mut env = Env::start(redis_env(1)).await;
+    let dev = env.authorize("tv-app", "openid").await;
+    let device_code = s(&dev["device_code"]).to_string();
+    let user_code = s(&dev["user_code"]).to_string();
+    let (_, body) = env.poll("tv-app", &device_code).await;
+    assert_eq!(s(&body["error"]), "authorization_pending");
+
+    // Traffic keeps flowing while the listeners change hands.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let (stop, http, url) = (stop.clone(), env.http.clone(), env.url.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(format!("{url}/jwks")).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| env.upgrade_gateway());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.await.unwrap();
+    assert!(
+        ok > 10 && failed.is_empty(),
+        "{ok} ok, failures: {failed:?}"
+    );
+
+    // The new process serves the pending grant from Redis, and the flow completes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, body) = env.poll("tv-app", &device_code).await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (400, "authorization_pending"),
+        "{body}"
+    );
+    approve_in_browser(&env.gate, "redis-upgrade", &user_code).await;
+    let (status, tokens) = env
+        .poll_until_done("tv-app", &device_code, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+}
