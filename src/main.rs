@@ -1,5 +1,6 @@
 //! `devicegate --config PATH [--check] [--upgrade]`
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,6 +39,8 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: log files and journals get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     match config.log.format {
         LogFormat::Json => logs.json().flatten_event(true).init(),

@@ -490,7 +490,7 @@ impl Gateway {
             .device_authorizations
             .with_label_values(&[client_id.as_str(), "issued"])
             .inc();
-        tracing::info!(target: "audit", event = "created", grant = %issued.id, client_id, client_ip = %ip);
+        tracing::info!(target: "audit", event = "created", grant = %issued.id, client_id = %client_id, client_ip = %ip);
         let shown = display_user_code(&issued.user_code);
         let verification_uri = self.config.public(&self.config.device.verification_path);
         let complete = format!("{verification_uri}?user_code={shown}");
@@ -595,21 +595,24 @@ impl Gateway {
                 .device
                 .poll_grant(&client.client_id, device_code, now)
                 .await;
-            Ok::<_, OAuthError>((grant, client.client_id.clone(), result?))
+            Ok::<_, OAuthError>((grant, client.client_id.clone(), result))
         }
         .await;
+        let (grant, client_id, result) = match result {
+            Ok((grant, client_id, result)) => (grant.unwrap_or_default(), client_id, result),
+            Err(e) => (String::new(), String::new(), Err(e)),
+        };
         match result {
-            Ok((grant, client_id, tokens)) => {
+            Ok(tokens) => {
                 self.metrics.polls.with_label_values(&["delivered"]).inc();
-                let grant = grant.unwrap_or_default();
-                tracing::info!(target: "audit", event = "delivered", grant, client_id, client_ip = %ip);
+                tracing::info!(target: "audit", event = "delivered", grant = %grant, client_id = %client_id, client_ip = %ip);
                 let body = serde_json::to_vec(&tokens).unwrap_or_default();
                 self.send_json(session, 200, body).await
             }
             Err(e) => {
                 self.metrics.polls.with_label_values(&[e.code()]).inc();
                 if e == OAuthError::ExpiredToken {
-                    tracing::info!(target: "audit", event = "expired", client_ip = %ip);
+                    tracing::info!(target: "audit", event = "expired", grant = %grant, client_id = %client_id, client_ip = %ip);
                 }
                 self.send_oauth_error(session, &e).await
             }

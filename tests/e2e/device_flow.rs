@@ -240,6 +240,17 @@ async fn expired_codes() {
     .await;
     assert_eq!(s(&report["title"]), "This code has expired", "{report}");
     assert_eq!(report["status"], 400);
+    // The audit log names the grant that expired (the same one that was created).
+    let log = env.gateway_log();
+    let grant_of = |event: &str| {
+        log.lines()
+            .find(|l| l.contains("audit") && l.contains(&format!("event=\"{event}\"")))
+            .and_then(|l| l.split("grant=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {event} audit event in {log}"))
+    };
+    assert_eq!(grant_of("expired"), grant_of("created"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

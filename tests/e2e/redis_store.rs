@@ -207,10 +207,17 @@ async fn zero_downtime_upgrade_keeps_pending_grants_and_refuses_no_connection() 
     let (_, body) = env.poll("tv-app", &device_code).await;
     assert_eq!(s(&body["error"]), "authorization_pending");
 
-    // Traffic keeps flowing while the listeners change hands.
+    // Traffic keeps flowing while the listeners change hands: every request on a new
+    // connection is accepted by one process or the other. (A request racing the old process's
+    // close of an idle keep-alive connection is the usual client-retry case of any restart, so
+    // this client does not keep connections.)
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let hammer = {
-        let (stop, http, url) = (stop.clone(), env.http.clone(), env.url.clone());
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let (stop, url) = (stop.clone(), env.url.clone());
         tokio::spawn(async move {
             let (mut ok, mut failed) = (0, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
