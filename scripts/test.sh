@@ -50,5 +50,7 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo audit (RustSec snapshot in .ci/advisory-db.tar.gz)"
 ./scripts/audit.sh
+echo "==> cargo build --example device_client (the demo client, run by an e2e test)"
+cargo build --locked --example device_client
 echo "==> cargo test"
 cargo test --locked --all-targets

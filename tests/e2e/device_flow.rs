@@ -758,28 +758,17 @@ async fn pass_through_keeps_requests_intact() {
 /// confidential client: it must authenticate, find everything by discovery and print tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_device_client_completes_a_login() {
-    // `cargo build --example` leaves examples/device_client; `cargo test --all-targets`
-    // leaves examples/device_client-<hash>. Take the newest.
-    let examples = std::path::Path::new(env!("CARGO_BIN_EXE_devicegate"))
+    // Built by `cargo build --example device_client` (scripts/test.sh does it first; the
+    // binaries `cargo test --all-targets` makes of examples are test harnesses).
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_devicegate"))
         .parent()
         .unwrap()
-        .join("examples");
-    let exe = std::fs::read_dir(&examples)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            (name == "device_client" || name.starts_with("device_client-")) && !name.contains('.')
-        })
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no device_client in {}: run `cargo build --example device_client` (cargo test --all-targets builds it)",
-                examples.display()
-            )
-        });
+        .join("examples/device_client");
+    assert!(
+        exe.exists(),
+        "{} is missing: run `cargo build --example device_client` (./scripts/test.sh does)",
+        exe.display()
+    );
     let env = Env::start(Options::default()).await;
     let mut child = tokio::process::Command::new(&exe)
         .args([env.url.as_str(), "kiosk", "openid profile"])
