@@ -38,7 +38,7 @@ pub fn require_prerequisites() {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -470,7 +470,7 @@ fn start_idp(issuer: &str) -> (Proc, u16) {
     (proc, port)
 }
 
-fn wait_for_port(port: u16) {
+pub fn wait_for_port(port: u16) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -255,3 +255,73 @@ async fn zero_downtime_upgrade_keeps_pending_grants_and_refuses_no_connection() 
         .await;
     assert_eq!(status, 200, "{tokens}");
 }
+
+/// `rediss://` is verified against `store.redis.ca_file`: a real TLS-only `redis-server` with a
+/// certificate from a throwaway CA is refused without the CA and used with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_is_verified_against_the_configured_ca() {
+    use devicegate::config::{Redis as RedisConfig, Secret};
+    use devicegate::device::redis::RedisStore;
+    use devicegate::device::{Grant, Key, Status, Store, StoreError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = crate::common::test_certificates(dir.path());
+    let port = crate::common::free_port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+        .args([
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    let _redis = crate::common::Proc(child);
+    crate::common::wait_for_port(port);
+
+    let store = |ca_pem: Option<Vec<u8>>| {
+        let cfg = RedisConfig {
+            url: Secret::new(format!("rediss://localhost:{port}")),
+            key_prefix: "tls:".into(),
+            pool_size: 1,
+            command_timeout: Duration::from_secs(2),
+            ca_pem,
+        };
+        RedisStore::new(&cfg, Duration::from_secs(60), 10).unwrap()
+    };
+    let grant = Grant {
+        id: "g1".into(),
+        device_code_hash: "h1".into(),
+        user_code: "BCDFGHJK".into(),
+        client_id: "tv-app".into(),
+        scopes: vec!["openid".into()],
+        requester_ip: None,
+        created_at: 0,
+        expires_at: 600,
+        interval: 5,
+        last_poll: None,
+        status: Status::Pending,
+    };
+    // Never unverified TLS: the self-made certificate is refused without the operator's CA.
+    assert!(matches!(
+        store(None).insert(&grant).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let trusted = store(Some(std::fs::read(&ca).unwrap()));
+    trusted.insert(&grant).await.unwrap();
+    assert_eq!(trusted.get(Key::Id("g1")).await.unwrap(), Some(grant));
+}
