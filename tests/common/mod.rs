@@ -353,6 +353,15 @@ clients:
 }
 
 impl Gate {
+    /// GETs a path of this gateway.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request to the gateway")
+    }
+
     /// POSTs a form and returns (status, headers, JSON body or Null).
     pub async fn post_form(
         &self,

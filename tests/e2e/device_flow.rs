@@ -12,11 +12,8 @@ async fn approve_flow_delivers_tokens_once_and_refresh_passes_through() {
 
     // 1. A client that knows only the issuer discovers the device flow.
     let disc: Value = env
-        .http
-        .get(format!("{}/.well-known/openid-configuration", env.url))
-        .send()
+        .get("/.well-known/openid-configuration")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -332,12 +329,7 @@ async fn device_endpoint_errors() {
         .await;
     assert_eq!(status, 200, "{body}");
     // Wrong method.
-    let resp = env
-        .http
-        .get(format!("{}/device/code", env.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.get("/device/code").await;
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
 }
@@ -586,19 +578,9 @@ async fn idp_down_gives_502_fast_and_device_endpoint_keeps_working() {
     })
     .await;
     let start = Instant::now();
-    let resp = env
-        .http
-        .get(format!("{}/jwks", env.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.get("/jwks").await;
     assert_eq!(resp.status(), 502);
-    let resp = env
-        .http
-        .get(format!("{}/.well-known/openid-configuration", env.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.get("/.well-known/openid-configuration").await;
     assert_eq!(resp.status(), 502);
     assert!(
         start.elapsed() < Duration::from_secs(5),
@@ -745,12 +727,7 @@ async fn pass_through_keeps_requests_intact() {
         );
     }
     // A GET to a path devicegate does not own passes too.
-    let resp = env
-        .http
-        .get(format!("{}/interaction/abc", env.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.get("/interaction/abc").await;
     assert_eq!(resp.status(), 418);
 }
 

@@ -185,12 +185,7 @@ fn case(name: &'static str, request: String, status: u16, expect: &'static str) 
 async fn bad_input_gets_the_right_error_never_a_failure() {
     let env = Env::start(Options::default()).await;
     // Discovery once, so the gateway knows the IdP's token path for the path-trick cases.
-    let resp = env
-        .http
-        .get(format!("{}/.well-known/openid-configuration", env.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.get("/.well-known/openid-configuration").await;
     assert_eq!(resp.status(), 200);
 
     let poll = format!("grant_type={DEVICE_GRANT}&client_id=tv-app&device_code=x");
@@ -521,12 +516,7 @@ async fn a_hostile_upstream_never_approves() {
     }
 
     // Pass-through to a slow upstream ends at the timeout with a gateway error, not a hang.
-    let resp = env
-        .http
-        .get(format!("{}/slow", env.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.get("/slow").await;
     assert!(
         [502, 504].contains(&resp.status().as_u16()),
         "{}",
@@ -547,12 +537,7 @@ async fn garbage_discovery_is_relayed_but_never_trusted() {
         ..Options::default()
     })
     .await;
-    let resp = env
-        .http
-        .get(format!("{}/.well-known/openid-configuration", env.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = env.get("/.well-known/openid-configuration").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.text().await.unwrap(),

@@ -73,12 +73,7 @@ async fn metrics_health_and_audit_log_after_a_full_flow() {
     );
     assert_eq!(m("devicegate_pending_grants"), 1.0);
     // The metrics are not on the public port: there the path belongs to the IdP.
-    let public = env
-        .http
-        .get(format!("{}/metrics", env.url))
-        .send()
-        .await
-        .unwrap();
+    let public = env.get("/metrics").await;
     assert_eq!(public.status(), 404);
 
     // One JSON audit event per step of the grant's life, all naming the same grant, and
