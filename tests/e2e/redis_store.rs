@@ -154,7 +154,7 @@ async fn redis_outage_fails_closed_and_recovers() {
 
     // Pass-through does not need the store.
     for path in ["/.well-known/openid-configuration", "/jwks"] {
-        let resp = env.get("{path}").await;
+        let resp = env.get(path).await;
         assert_eq!(resp.status(), 200, "{path}");
     }
 
