@@ -529,22 +529,29 @@ impl Gateway {
         if owned.clone().any(|o| o == path) {
             return None;
         }
-        let plain = normal_form(path);
-        let disguises = |o: &String| o != path && o.eq_ignore_ascii_case(&plain);
+        // Every pass-through request comes here: normalise (and allocate) only paths that have
+        // something to normalise; others can differ from an owned path in letter case only.
+        let needs_normalising = path.contains(['%', '\\'])
+            || path.contains("//")
+            || path.contains("/.")
+            || (path.len() > 1 && path.ends_with('/'));
+        let plain = if needs_normalising {
+            std::borrow::Cow::Owned(normal_form(path))
+        } else {
+            std::borrow::Cow::Borrowed(path)
+        };
+        let disguises = |o: &str| o != path && o.eq_ignore_ascii_case(&plain);
         if let Some(o) = owned.into_iter().find(|o| disguises(o)) {
             return Some(o.clone());
         }
-        let token_path = match &self.config.upstream.token_path {
-            Some(p) => p.clone(),
-            None => self
-                .oidc
-                .cached_discovery()
-                .await?
-                .token_endpoint
-                .path()
-                .to_string(),
-        };
-        disguises(&token_path).then_some(token_path)
+        match &self.config.upstream.token_path {
+            Some(p) => disguises(p).then(|| p.clone()),
+            None => {
+                let disc = self.oidc.cached_discovery().await?;
+                let p = disc.token_endpoint.path();
+                disguises(p).then(|| p.to_string())
+            }
+        }
     }
 
     async fn is_token_path(&self, path: &str) -> bool {
