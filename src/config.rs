@@ -18,6 +18,9 @@ use serde::Deserialize;
 use serde_norway::Value;
 use url::Url;
 
+mod ui;
+pub use ui::{contrast, Colors, ScopeText, Ui};
+
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -154,6 +157,10 @@ struct FileClient {
     allowed_scopes: Vec<String>,
     #[serde(default = "default_true")]
     enabled: bool,
+    /// One line about the application, shown on the consent page.
+    description: Option<String>,
+    /// The application's logo on the consent page.
+    logo_url: Option<String>,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -271,6 +278,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "log",
     "clients",
     "server",
+    "ui",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -377,6 +385,8 @@ pub struct Client {
     pub client_secret: Option<Secret>,
     pub allowed_scopes: Vec<String>,
     pub enabled: bool,
+    pub description: Option<String>,
+    pub logo_url: Option<String>,
 }
 
 /// Process settings handed to Pingora.
@@ -406,6 +416,7 @@ pub struct Config {
     pub log: Log,
     pub clients: BTreeMap<String, Client>,
     pub server: Server,
+    pub ui: Ui,
 }
 
 impl Config {
@@ -500,7 +511,23 @@ impl Config {
                 );
             }
         }
-        let clients = validate_clients(&mut errs, get("clients"));
+        let clients = validate_clients(&mut errs, get("clients"), public_url.as_ref());
+        let ui = section_or_default::<ui::FileUi>(&mut errs, "ui", get("ui"))
+            .map(|f| ui::validate_ui(&mut errs, f, public_url.as_ref()));
+        if let Some(ui) = &ui {
+            // The templates and messages are compiled (and tried) here, so that `--check`
+            // reports a broken operator template.
+            if errs.0.is_empty() {
+                if let Err(list) = crate::pages::Pages::new(ui) {
+                    for e in list {
+                        match e.strip_prefix("ui.default_language: ") {
+                            Some(m) => errs.push("ui.default_language", m),
+                            None => errs.push("ui.templates_dir", e),
+                        }
+                    }
+                }
+            }
+        }
 
         if let (Some(l), Some(Some(a))) = (listen, admin_listen) {
             if l == a {
@@ -512,7 +539,9 @@ impl Config {
                 errs.push("listen_tls.listen", "must differ from listen");
             }
         }
-        match (listen, public_url, upstream, device, store, limits, server) {
+        match (
+            listen, public_url, upstream, device, store, limits, server, ui,
+        ) {
             (
                 Some(listen),
                 Some(public_url),
@@ -521,7 +550,9 @@ impl Config {
                 Some(store),
                 Some(limits),
                 Some(server),
+                Some(ui),
             ) if errs.0.is_empty() => Ok(Config {
+                ui,
                 listen_tls: listen_tls.flatten(),
                 admin_listen: admin_listen.flatten(),
                 log: log.unwrap_or_default(),
@@ -988,7 +1019,11 @@ fn validate_server(errs: &mut Errors, s: FileServer) -> Option<Server> {
     })
 }
 
-fn validate_clients(errs: &mut Errors, v: Option<Value>) -> BTreeMap<String, Client> {
+fn validate_clients(
+    errs: &mut Errors,
+    v: Option<Value>,
+    public_url: Option<&Url>,
+) -> BTreeMap<String, Client> {
     let mut out = BTreeMap::new();
     let list = match v {
         Some(Value::Sequence(list)) if !list.is_empty() => list,
@@ -1035,6 +1070,16 @@ fn validate_clients(errs: &mut Errors, v: Option<Value>) -> BTreeMap<String, Cli
                 "is empty: remove it for a public client",
             );
         }
+        if c.description
+            .as_ref()
+            .is_some_and(|d| d.trim().is_empty() || d.chars().count() > 300)
+        {
+            errs.push(&format!("{key}.description"), "must be 1 to 300 characters");
+        }
+        let logo_url = c
+            .logo_url
+            .as_deref()
+            .and_then(|l| ui::check_image_url(errs, &format!("{key}.logo_url"), l, public_url));
         if out.contains_key(&c.client_id) {
             errs.push(
                 &format!("{key}.client_id"),
@@ -1053,6 +1098,8 @@ fn validate_clients(errs: &mut Errors, v: Option<Value>) -> BTreeMap<String, Cli
                 client_secret: c.client_secret.filter(|s| !s.is_empty()).map(Secret),
                 allowed_scopes: c.allowed_scopes,
                 enabled: c.enabled,
+                description: c.description,
+                logo_url,
             },
         );
     }
@@ -1153,6 +1200,93 @@ extra: 1
         has("clients[1].client_id", "duplicate");
         has("clients[2].client_secret", "MISSING_SECRET is not set");
         has("extra", "unknown key");
+    }
+
+    #[test]
+    fn ui_section() {
+        // Rebranding takes three keys.
+        let yaml = format!(
+            "{GOOD}    description: Streams films\n    logo_url: https://cdn.example/tv.png\nui:\n  title: Acme\n  logo_url: /static/logo.svg\n  colors: {{accent: '#8A1538'}}\n  scopes: {{files: Read your files, openid: {{de: Wer Sie sind}}}}\n"
+        );
+        let c = Config::from_yaml(&yaml, &env).unwrap();
+        assert_eq!(c.ui.title.as_deref(), Some("Acme"));
+        assert_eq!(c.ui.colors.accent, "#8a1538");
+        assert_eq!(c.ui.default_language, "en");
+        assert_eq!(
+            c.clients["tv-app"].logo_url.as_deref(),
+            Some("https://cdn.example/tv.png")
+        );
+
+        let bad = format!(
+            "{GOOD}    logo_url: javascript:alert(1)\nui:\n  logo_url: ftp://evil.example/x.png\n  colors: {{accent: '#ffff00', text: red}}\n  default_language: xx\n  colour: blue\n  templates_dir: /nonexistent/dir\n"
+        );
+        let errs = errors(&bad);
+        for key in ["clients[0].logo_url", "ui: unknown field `colour`"] {
+            assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
+        }
+        // deny_unknown_fields stops at the first unknown key; fix it and see the rest.
+        let errs = errors(&bad.replace("  colour: blue\n", ""));
+        for key in [
+            "ui.logo_url",
+            "ui.colors.accent",
+            "ui.colors.text",
+            "ui.templates_dir",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
+        }
+        let errs = errors(&format!("{GOOD}ui:\n  default_language: xx\n"));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("ui.default_language") && e.contains("en, fr")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn templates_dir_overrides_are_compiled_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("locales")).unwrap();
+        std::fs::write(dir.path().join("message.html"), "{% extends \"base.html\" %}{% block content %}<h1>{{ heading }}</h1><p>{{ t.x_help }}</p>{% endblock %}").unwrap();
+        std::fs::write(
+            dir.path().join("locales/en.yaml"),
+            "x_help: Call the help desk\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("locales/es.yaml"),
+            "enter_button: Continuar\n",
+        )
+        .unwrap();
+        let yaml = format!(
+            "{GOOD}ui:\n  templates_dir: {}\n  default_language: es\n",
+            dir.path().display()
+        );
+        let c = Config::from_yaml(&yaml, &env).unwrap();
+        let pages = crate::pages::Pages::new(&c.ui).unwrap();
+        let html = pages.message(
+            pages.language(Some("en")),
+            crate::pages::Message::Denied,
+            "/d",
+        );
+        assert!(
+            html.contains("<h1>Request denied</h1><p>Call the help desk</p>"),
+            "{html}"
+        );
+        assert_eq!(pages.language(None).lang, "es");
+
+        std::fs::write(dir.path().join("consent.html"), "{% for %}").unwrap();
+        std::fs::write(dir.path().join("locales/de.yaml"), "enter_buton: Los\n").unwrap();
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("ui.templates_dir: consent.html")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("locales/de.yaml") && e.contains("enter_buton")),
+            "{errs:?}"
+        );
     }
 
     #[test]

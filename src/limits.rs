@@ -115,6 +115,21 @@ pub fn ip_key(ip: Option<IpAddr>) -> String {
     }
 }
 
+/// Whether two addresses are on the same coarse network: the same IPv4 /24 or IPv6 /64 (an
+/// IPv4-mapped IPv6 address counts as IPv4). Used to warn on the consent page when a device
+/// asked from somewhere else than the browser approving it.
+pub fn same_network(a: IpAddr, b: IpAddr) -> bool {
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    match (canon(a), canon(b)) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
+        (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
+        _ => false,
+    }
+}
+
 const GLOBAL: &str = "*";
 
 /// Every limit of the gateway.
@@ -177,6 +192,20 @@ impl Limits {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn networks() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_network(ip("192.0.2.1"), ip("192.0.2.200")));
+        assert!(!same_network(ip("192.0.2.1"), ip("192.0.3.1")));
+        assert!(same_network(ip("::ffff:192.0.2.1"), ip("192.0.2.9")));
+        assert!(same_network(
+            ip("2001:db8:1:2::1"),
+            ip("2001:db8:1:2:ffff::9")
+        ));
+        assert!(!same_network(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1")));
+        assert!(!same_network(ip("2001:db8::1"), ip("192.0.2.1")));
+    }
+
     use super::*;
 
     #[test]

@@ -562,6 +562,8 @@ mod tests {
             client_secret: None,
             allowed_scopes: vec!["openid".into()],
             enabled: true,
+            description: None,
+            logo_url: None,
         }
     }
 

@@ -31,17 +31,17 @@ use crate::admin::Admin;
 use crate::config::{Backend, Client, Config, Limits as LimitsConfig};
 use crate::device::code::{display_user_code, normalize_user_code, random_token};
 use crate::device::service::{
-    resolve_scopes, BrowserError, DeviceService, Timing, EXPIRED_GRACE_SECS,
+    resolve_scopes, BrowserError, DeviceService, Requester, Timing, EXPIRED_GRACE_SECS,
 };
 use crate::device::{memory::MemoryStore, redis::RedisStore};
 use crate::device::{Key, Login, Refusal, Status, Store, StoreError};
 use crate::discovery::{self, DEVICE_GRANT};
 use crate::error::OAuthError;
 use crate::form::{is_form_content_type, Params};
-use crate::limits::{ip_key, Limits};
+use crate::limits::{ip_key, same_network, Limits};
 use crate::metrics::{MeteredStore, Metrics};
 use crate::oidc::{Oidc, UpstreamError};
-use crate::pages::{security_headers, Consent, Message, Pages};
+use crate::pages::{self, security_headers, Catalog, CodeError, Consent, Message, Pages};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -67,6 +67,10 @@ pub struct Gateway {
     cookie_name: &'static str,
     secure_cookies: bool,
     discovery_paths: [String; 2],
+    /// The CSP `img-src` of pages: this origin plus the configured logos' origins.
+    img_src: String,
+    /// `{verification_path}/qr`: the QR code image of a user code's verification link.
+    qr_path: String,
 }
 
 /// CSRF tokens and browser bindings, under a key every instance sharing the store knows.
@@ -137,7 +141,18 @@ impl Gateway {
             max,
         );
         let oidc = Arc::new(Oidc::new(config.clone()).map_err(|e| e.to_string())?);
-        let pages = Pages::new().map_err(|e| format!("loading page templates: {e}"))?;
+        let pages = Pages::new(&config.ui)
+            .map_err(|e| format!("loading page templates: {}", e.join("; ")))?;
+        let logos = config
+            .ui
+            .logo_url
+            .iter()
+            .chain(config.clients.values().filter_map(|c| c.logo_url.as_ref()));
+        let img_src = pages::image_sources(logos.map(String::as_str));
+        let qr_path = format!(
+            "{}/qr",
+            config.device.verification_path.trim_end_matches('/')
+        );
         let secure_cookies = config.public_url.scheme() == "https";
         Ok(Self {
             discovery_paths: discovery::well_known_paths(config.upstream.issuer.path()),
@@ -154,6 +169,8 @@ impl Gateway {
                 "devicegate"
             },
             secure_cookies,
+            img_src,
+            qr_path,
             config,
         })
     }
@@ -248,8 +265,10 @@ impl Gateway {
         html: String,
         extra: Option<(&'static str, String)>,
     ) -> Result<bool> {
-        let mut headers = security_headers(&self.form_action());
+        let mut headers = security_headers(&self.form_action(), &self.img_src);
         headers.push(("Content-Type", "text/html; charset=utf-8".into()));
+        headers.push(("Content-Language", self.lang(session).lang.clone()));
+        headers.push(("Vary", "Accept-Language".into()));
         headers.extend(extra);
         self.send(session, status, headers, html.into_bytes()).await
     }
@@ -266,7 +285,10 @@ impl Gateway {
         status: u16,
         extra: Option<(&'static str, String)>,
     ) -> Result<bool> {
-        let html = self.pages.message(m, &self.config.device.verification_path);
+        let t = self.lang(session);
+        let html = self
+            .pages
+            .message(t, m, &self.config.device.verification_path);
         self.send_page(session, status, html, extra).await
     }
 
@@ -426,6 +448,12 @@ impl Gateway {
         Ok(client)
     }
 
+    /// The page language for this request's `Accept-Language`.
+    fn lang(&self, session: &Session) -> &Catalog {
+        self.pages
+            .language(Self::header(session, "accept-language"))
+    }
+
     fn known_client(&self, client_id: &str) -> Result<&Client, OAuthError> {
         self.config
             .clients
@@ -466,7 +494,10 @@ impl Gateway {
                 .device_request_by(client_id, now)
                 .map_err(limited)?;
             let scopes = resolve_scopes(params.get("scope"), &client.allowed_scopes)?;
-            let requester = Self::client_ip(session).map(|ip| ip.to_string());
+            let requester = Requester {
+                ip: Self::client_ip(session).map(|ip| ip.to_string()),
+                software: Requester::software_from_user_agent(Self::header(session, "user-agent")),
+            };
             self.device
                 .authorize(&client.client_id, scopes, requester, now)
                 .await
@@ -524,6 +555,7 @@ impl Gateway {
             &d.authorization_path,
             &d.verification_path,
             &d.callback_path,
+            &self.qr_path,
         ];
         let owned = fixed.into_iter().chain(&self.discovery_paths);
         if owned.clone().any(|o| o == path) {
@@ -737,7 +769,7 @@ impl Gateway {
 
     async fn browser_error(&self, session: &mut Session, e: BrowserError) -> Result<bool> {
         match e {
-            BrowserError::UnknownCode => self.code_error(session, "", UNKNOWN_CODE).await,
+            BrowserError::UnknownCode => self.code_error(session, "", CodeError::Unknown).await,
             BrowserError::Refused(r) => self.send_message(session, Self::refusal_page(r)).await,
             BrowserError::Store(e) => {
                 tracing::error!(error = %e, "store failed");
@@ -746,11 +778,78 @@ impl Gateway {
         }
     }
 
-    async fn code_error(&self, session: &mut Session, typed: &str, error: &str) -> Result<bool> {
+    /// The grant's client was disabled (`enabled: false`) after the device asked: the grant is
+    /// denied, so the device learns it at its next poll, and the page says why.
+    async fn refuse_disabled_client(
+        &self,
+        session: &mut Session,
+        user_code: &str,
+        now: u64,
+    ) -> Result<bool> {
+        let denied = self
+            .device
+            .transition(Key::UserCode(user_code), |g| {
+                g.deny("the client is disabled", now)
+            })
+            .await;
+        if let Ok(g) = denied {
+            tracing::info!(target: "audit", event = "denied", by = "operator", grant = %g.id, client_id = %g.client_id);
+        }
+        self.send_message(session, Message::ClientDisabled).await
+    }
+
+    async fn code_error(
+        &self,
+        session: &mut Session,
+        typed: &str,
+        error: CodeError,
+    ) -> Result<bool> {
+        let t = self.lang(session);
         let html = self
             .pages
-            .enter(&self.config.device.verification_path, typed, Some(error));
+            .enter(t, &self.config.device.verification_path, typed, Some(error));
         self.send_page(session, 400, html, None).await
+    }
+
+    /// `GET {verification_path}/qr?user_code=…`: an SVG QR code of that code's
+    /// `verification_uri_complete`, for devices that can show an image but cannot draw a QR
+    /// code. It only encodes a URL built from a well-formed code (no store lookup), so it tells
+    /// nothing about which codes exist.
+    async fn qr_code(&self, session: &mut Session) -> Result<bool> {
+        let method = session.req_header().method.clone();
+        if method != Method::GET && method != Method::HEAD {
+            return self.method_not_allowed(session, "GET").await;
+        }
+        if let Err(e) = Self::within_size_limits(session, &self.config.limits) {
+            return self.send_oauth_error(session, &e).await;
+        }
+        let code = Self::query_params(session)
+            .ok()
+            .and_then(|q| q.get("user_code").and_then(normalize_user_code));
+        let Some(code) = code else {
+            let e = OAuthError::InvalidRequest("user_code is missing or malformed".into());
+            return self.send_oauth_error(session, &e).await;
+        };
+        let uri = format!(
+            "{}?user_code={}",
+            self.config.public(&self.config.device.verification_path),
+            display_user_code(&code)
+        );
+        let Some(svg) = pages::qr::svg(&uri) else {
+            let e =
+                OAuthError::InvalidRequest("the verification URI is too long for a QR code".into());
+            return self.send_oauth_error(session, &e).await;
+        };
+        let headers = vec![
+            ("Content-Type", "image/svg+xml".to_string()),
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'".to_string(),
+            ),
+            ("X-Content-Type-Options", "nosniff".to_string()),
+            ("Cache-Control", "no-store".to_string()),
+        ];
+        self.send(session, 200, headers, svg.into_bytes()).await
     }
 
     /// Browser endpoints answer a request over the size limits with a page.
@@ -790,13 +889,13 @@ impl Gateway {
             let shown = normalize_user_code(typed)
                 .map(|c| display_user_code(&c))
                 .unwrap_or_else(|| typed.chars().take(20).collect());
-            let html = self.pages.enter(&action, &shown, None);
+            let html = self.pages.enter(self.lang(session), &action, &shown, None);
             return self
                 .send_page(session, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
                 .await;
         }
         if method != Method::POST {
-            let mut headers = security_headers("'none'");
+            let mut headers = security_headers("'none'", "'none'");
             headers.push(("Allow", "GET, POST".into()));
             headers.push(("Content-Type", "text/plain; charset=utf-8".into()));
             return self
@@ -833,7 +932,7 @@ impl Gateway {
             self.limits.code_failed(&ip, now);
             self.count_verification("malformed_code");
             let shown: String = typed.chars().take(20).collect();
-            return self.code_error(session, &shown, MALFORMED_CODE).await;
+            return self.code_error(session, &shown, CodeError::Malformed).await;
         };
         let keys = match self.browser_keys().await {
             Ok(k) => k,
@@ -853,21 +952,38 @@ impl Gateway {
                     }
                 };
                 let Ok(client) = self.known_client(&grant.client_id) else {
-                    return self.send_message(session, Message::AlreadyDenied).await;
+                    return self.refuse_disabled_client(session, &user_code, now).await;
                 };
                 let shown = display_user_code(&user_code);
                 let csrf = keys.csrf_token(&browser, &user_code);
                 tracing::info!(target: "audit", event = "code_entered", grant = %grant.id, client_id = %grant.client_id, client_ip = %ip);
-                let html = self.pages.consent(&Consent {
-                    action: &action,
-                    client_id: &client.client_id,
-                    client_name: &client.name,
-                    user_code: &shown,
-                    scopes: &grant.scopes,
-                    age_secs: now.saturating_sub(grant.created_at),
-                    requester_ip: grant.requester_ip.as_deref(),
-                    csrf: &csrf,
-                });
+                // §5.4: show where the request came from, and warn when that is not where the
+                // person looking at this page is (a phished user is usually far from the device).
+                let other_network = match (grant.requester_ip.as_deref(), Self::client_ip(session))
+                {
+                    (Some(device), Some(browser)) => device
+                        .parse()
+                        .is_ok_and(|device| !same_network(device, browser)),
+                    _ => false,
+                };
+                let t = self.lang(session);
+                let html = self.pages.consent(
+                    t,
+                    &Consent {
+                        action: &action,
+                        client_id: &client.client_id,
+                        client_name: &client.name,
+                        client_description: client.description.as_deref(),
+                        client_logo: client.logo_url.as_deref(),
+                        user_code: &shown,
+                        scopes: &grant.scopes,
+                        age_secs: now.saturating_sub(grant.created_at),
+                        requester_ip: grant.requester_ip.as_deref(),
+                        requester_software: grant.requester_software.as_deref(),
+                        other_network,
+                        csrf: &csrf,
+                    },
+                );
                 self.send_page(session, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
                     .await
             }
@@ -928,7 +1044,7 @@ impl Gateway {
             Err(e) => return self.browser_error(session, e).await,
         };
         let Ok(client) = self.known_client(&grant.client_id) else {
-            return self.send_message(session, Message::AlreadyDenied).await;
+            return self.refuse_disabled_client(session, user_code, now).await;
         };
         let state = format!("{}.{}", grant.id, login.state_secret);
         let url = self.oidc.authorize_url(
@@ -940,7 +1056,7 @@ impl Gateway {
             &login.pkce_verifier,
         );
         tracing::info!(grant = %grant.id, client_id = %grant.client_id, "upstream login started");
-        let mut headers = security_headers("'none'");
+        let mut headers = security_headers("'none'", "'none'");
         headers.push(("Location", url.to_string()));
         self.send(session, 303, headers, Vec::new()).await
     }
@@ -1083,11 +1199,6 @@ impl Gateway {
     }
 }
 
-const UNKNOWN_CODE: &str =
-    "We don't recognise that code. Check it against your device and try again.";
-const MALFORMED_CODE: &str =
-    "That doesn't look like a code from your device: codes are 8 letters, like BCDF-GHJK.";
-
 /// Headers of every JSON answer: never cached (§3.2, RFC 6749 §5.1).
 fn json_headers() -> Vec<(&'static str, String)> {
     vec![
@@ -1219,6 +1330,9 @@ impl ProxyHttp for Gateway {
         }
         if path == d.callback_path {
             return self.callback(session).await;
+        }
+        if path == self.qr_path {
+            return self.qr_code(session).await;
         }
         if method == Method::GET && self.discovery_paths.contains(&path) {
             return self.discovery(session).await;

@@ -35,6 +35,10 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// Where the device request came from, shown on the consent page.
     pub requester_ip: Option<String>,
+    /// The product of the device request's User-Agent (e.g. `curl/8.5.0`), shown on the
+    /// consent page. Absent in grants written by versions before it existed.
+    #[serde(default)]
+    pub requester_software: Option<String>,
     pub created_at: u64,
     pub expires_at: u64,
     /// Current minimum polling interval in seconds; grows by 5 with every `slow_down`.
@@ -260,6 +264,7 @@ pub(crate) mod tests {
             client_id: "tv".into(),
             scopes: vec!["openid".into()],
             requester_ip: None,
+            requester_software: None,
             created_at: now,
             expires_at: now + 600,
             interval: 5,

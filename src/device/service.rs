@@ -23,6 +23,29 @@ pub struct Timing {
     pub interval: u64,
 }
 
+/// Where a device authorization request came from, as the consent page shows it (§5.4).
+#[derive(Debug, Clone, Default)]
+pub struct Requester {
+    pub ip: Option<String>,
+    /// The first product of the User-Agent, e.g. `curl/8.5.0`.
+    pub software: Option<String>,
+}
+
+impl Requester {
+    /// The first product token of a User-Agent header (RFC 9110 §10.1.5), printable ASCII and at
+    /// most 64 characters: enough to recognise the software without echoing a fingerprint.
+    pub fn software_from_user_agent(user_agent: Option<&str>) -> Option<String> {
+        let product: String = user_agent?
+            .split_whitespace()
+            .next()?
+            .chars()
+            .filter(char::is_ascii_graphic)
+            .take(64)
+            .collect();
+        (!product.is_empty()).then_some(product)
+    }
+}
+
 /// What the device authorization endpoint returns (§3.2), before it is written as JSON.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -161,7 +184,7 @@ impl DeviceService {
         &self,
         client_id: &str,
         scopes: Vec<String>,
-        requester_ip: Option<String>,
+        requester: Requester,
         now: u64,
     ) -> Result<Issued, OAuthError> {
         let device_code = code::new_device_code();
@@ -171,7 +194,8 @@ impl DeviceService {
             user_code: code::new_user_code(),
             client_id: client_id.to_string(),
             scopes,
-            requester_ip,
+            requester_ip: requester.ip,
+            requester_software: requester.software,
             created_at: now,
             expires_at: now + self.timing.expires_in,
             interval: self.timing.interval,
@@ -338,6 +362,20 @@ mod tests {
     }
 
     #[test]
+    fn software_is_the_first_product_only() {
+        let sw = Requester::software_from_user_agent;
+        assert_eq!(sw(Some("curl/8.5.0")).as_deref(), Some("curl/8.5.0"));
+        assert_eq!(
+            sw(Some("Mozilla/5.0 (X11; Linux x86_64) Chrome/120")).as_deref(),
+            Some("Mozilla/5.0")
+        );
+        assert_eq!(sw(Some("   ")), None);
+        assert_eq!(sw(None), None);
+        assert_eq!(sw(Some(&"x".repeat(500))).map(|s| s.len()), Some(64));
+        assert_eq!(sw(Some("tv\u{7}\u{e9}/1")).as_deref(), Some("tv/1"));
+    }
+
+    #[test]
     fn scopes() {
         let allowed: Vec<String> = ["openid", "profile"]
             .iter()
@@ -359,7 +397,7 @@ mod tests {
     async fn full_flow_through_the_store() {
         let svc = service(10);
         let issued = svc
-            .authorize("tv", vec!["openid".into()], None, 100)
+            .authorize("tv", vec!["openid".into()], Requester::default(), 100)
             .await
             .unwrap();
         assert_eq!(issued.expires_in, 600);
@@ -408,7 +446,10 @@ mod tests {
     #[tokio::test]
     async fn polls_faster_than_the_interval_never_reach_the_store() {
         let svc = service(10);
-        let issued = svc.authorize("tv", vec![], None, 100).await.unwrap();
+        let issued = svc
+            .authorize("tv", vec![], Requester::default(), 100)
+            .await
+            .unwrap();
         let stored = || async {
             let hash = code::hash_device_code(&issued.device_code);
             let g = svc
@@ -448,8 +489,13 @@ mod tests {
     #[tokio::test]
     async fn full_store_is_temporarily_unavailable() {
         let svc = service(1);
-        svc.authorize("tv", vec![], None, 0).await.unwrap();
-        let err = svc.authorize("tv", vec![], None, 0).await.unwrap_err();
+        svc.authorize("tv", vec![], Requester::default(), 0)
+            .await
+            .unwrap();
+        let err = svc
+            .authorize("tv", vec![], Requester::default(), 0)
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), 503);
         assert_eq!(err.code(), "temporarily_unavailable");
     }

@@ -305,6 +305,7 @@ async fn rediss_is_verified_against_the_configured_ca() {
         client_id: "tv-app".into(),
         scopes: vec!["openid".into()],
         requester_ip: None,
+        requester_software: None,
         created_at: 0,
         expires_at: 600,
         interval: 5,
