@@ -626,6 +626,10 @@ impl Gateway {
             self.limits.poll_from(&ip, now).map_err(&limited)?;
             let creds = Self::credentials(session, &params)?;
             let client = self.authenticate(&creds)?;
+            if !client.enabled {
+                // The kill switch also stops delivery of tokens approved before it was set.
+                return Err(OAuthError::InvalidClient("this client is disabled".into()));
+            }
             let device_code = params.require("device_code")?;
             self.limits
                 .poll_by(&client.client_id, now)

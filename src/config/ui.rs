@@ -131,8 +131,9 @@ pub(super) fn validate_ui(errs: &mut Errors, f: FileUi, public_url: Option<&url:
     ui
 }
 
-/// A logo: an https URL (http only when `public_url` is http, for local testing), or an
-/// absolute path on the gateway's origin (served by the IdP through the gateway).
+/// A logo: an https URL (http only when `public_url` is http, for local testing), an absolute
+/// path on the gateway's origin (served by the IdP through the gateway), or a `data:image/…`
+/// URL (images cannot run scripts, and the pages' CSP allows `data:` images).
 pub(super) fn check_image_url(
     errs: &mut Errors,
     key: &str,
@@ -148,6 +149,21 @@ pub(super) fn check_image_url(
         }
         return Some(s.to_string());
     }
+    if let Some(data) = s.strip_prefix("data:image/") {
+        let ok = s.len() <= 64 * 1024
+            && ["png", "svg+xml", "jpeg", "gif", "webp"]
+                .iter()
+                .any(|t| data.starts_with(&format!("{t};")) || data.starts_with(&format!("{t},")))
+            && !s.contains(char::is_whitespace);
+        if ok {
+            return Some(s.to_string());
+        }
+        errs.push(
+            key,
+            "a data: logo must be a png, svg+xml, jpeg, gif or webp image of at most 64 KiB, URL-encoded (no spaces)",
+        );
+        return None;
+    }
     match url::Url::parse(s) {
         Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Some(u.to_string()),
         Ok(u)
@@ -160,7 +176,7 @@ pub(super) fn check_image_url(
         _ => {
             errs.push(
                 key,
-                format!("'{s}' must be an https:// URL or a path starting with / on this origin"),
+                format!("'{s}' must be an https:// URL, a path starting with / on this origin, or a data:image/ URL"),
             );
             None
         }

@@ -361,7 +361,10 @@ struct BrandView<'a> {
 pub fn image_sources<'a>(logos: impl Iterator<Item = &'a str>) -> String {
     let mut sources = vec!["'self'".to_string(), "data:".to_string()];
     for logo in logos {
-        if let Ok(u) = url::Url::parse(logo) {
+        if let Some(u) = url::Url::parse(logo)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+        {
             let origin = u.origin().ascii_serialization();
             if !sources.contains(&origin) {
                 sources.push(origin);

@@ -75,6 +75,8 @@ pub struct Options {
     pub listen_tls: Option<(String, String)>,
     /// Start a `redis-server` and use the Redis store instead of the embedded one.
     pub redis: bool,
+    /// The body of a `ui:` section (indented two spaces), if any.
+    pub ui: Option<String>,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             json_logs: false,
             listen_tls: None,
             redis: false,
+            ui: None,
         }
     }
 }
@@ -131,6 +134,9 @@ pub struct Instance {
 }
 
 pub const KIOSK_SECRET: &str = "kiosk-secret-value";
+
+/// The TV client's logo on the consent page: a small SVG as a data: URL.
+pub const TV_LOGO: &str = "data:image/svg+xml,%3Csvg%20xmlns='http://www.w3.org/2000/svg'%20viewBox='0%200%2048%2048'%3E%3Crect%20x='4'%20y='8'%20width='40'%20height='26'%20rx='3'%20fill='%231f5fbf'/%3E%3Crect%20x='18'%20y='36'%20width='12'%20height='4'%20fill='%23555'/%3E%3C/svg%3E";
 
 /// The secret of the test clients that have one (confidential clients).
 pub fn secret_of(client_id: &str) -> Option<&'static str> {
@@ -183,7 +189,7 @@ upstream:
   interval: {interval}
 store:
   max_pending: {max_pending}
-{store}{limits}{admin}{log}{tls}server:
+{store}{limits}{admin}{log}{tls}{ui}server:
   threads: 2
   grace_period_seconds: 0
   graceful_shutdown_timeout_seconds: 1
@@ -191,6 +197,8 @@ store:
 clients:
   - client_id: tv-app
     name: Living-room TV
+    description: The TV in the living room, streaming films
+    logo_url: "{TV_LOGO}"
     allowed_scopes: [openid, profile, email, offline_access]
   - client_id: kiosk
     name: Lobby kiosk
@@ -219,6 +227,11 @@ clients:
             } else {
                 ""
             },
+            ui = opts
+                .ui
+                .as_ref()
+                .map(|u| format!("ui:\n{u}"))
+                .unwrap_or_default(),
             limits = opts
                 .limits
                 .as_ref()
@@ -254,8 +267,20 @@ clients:
 
     /// Starts the gateway binary listening on `port`, logging to `<name>.log`.
     fn spawn_gateway(&self, port: u16, name: &str) -> Proc {
-        let proc = self.spawn_gateway_with(port, name, &[]);
-        wait_for_port(port);
+        let mut proc = self.spawn_gateway_with(port, name, &[]);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            // A gateway that refused its configuration exits at once: say why, don't wait.
+            if let Ok(Some(status)) = proc.0.try_wait() {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")));
+                panic!("the gateway exited ({status}): {}", log.unwrap_or_default());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the gateway did not listen on {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         proc
     }
 
@@ -326,6 +351,11 @@ clients:
 
     /// Stops the gateway (SIGKILL: nothing is saved on the way out) and starts it again on the
     /// same port.
+    /// Changes the configuration the next (re)started gateway reads.
+    pub fn edit_config(&mut self, edit: impl FnOnce(&str) -> String) {
+        self.config = edit(&self.config);
+    }
+
     pub fn restart_gateway(&mut self) {
         drop(self.gateway.take());
         self.gateway = Some(self.spawn_gateway(self.port, "gateway"));
@@ -499,6 +529,10 @@ pub async fn browser(args: Value) -> Value {
     );
     let mut args = args;
     args["screenshots"] = json!(screenshot_dir(args["name"].as_str().unwrap_or("run")));
+    // Every devicegate page a test visits is also checked with axe-core (WCAG 2.1 AA).
+    if args.get("axe").is_none() {
+        args["axe"] = json!(true);
+    }
     let out = tokio::process::Command::new("node")
         .arg("browser.js")
         .arg(args.to_string())
@@ -514,7 +548,14 @@ pub async fn browser(args: Value) -> Value {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("bad browser report ({e}): {stdout}"))
+    let report: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad browser report ({e}): {stdout}"));
+    assert_eq!(
+        report["axe"],
+        json!([]),
+        "accessibility violations on devicegate's pages: {report}"
+    );
+    report
 }
 
 /// Screenshots of each test's pages go to target/browser-screenshots/<test>/ (not committed).

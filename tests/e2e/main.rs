@@ -12,3 +12,4 @@ mod device_flow;
 mod hardening;
 mod operations;
 mod redis_store;
+mod verification_pages;

@@ -5,17 +5,29 @@
 // with the JSON fields:
 //   url          the page to open (verification_uri or verification_uri_complete)
 //   user_code    typed into the form when it is not prefilled (optional)
+//   retry_code   if submitting the code shows the code form again (an error), type this one
+//                and submit again (optional)
 //   action       "approve" | "deny" | "lookup" (stop at the consent page) | "enter" (stop after
-//                submitting the code)
+//                submitting the code) | "open" (stop at the first page)
 //   username     the user name to log in with at the IdP (approve only)
-//   idp_action   "login" (default) | "abort" (cancel at the IdP's login page)
+//   idp_action   "login" (default) | "abort" (cancel at the IdP's login page) | "none" (the IdP
+//                is not expected: stop at whatever page Approve leads to)
+//   locale       the browser's language, e.g. "de-DE" (sets Accept-Language)
+//   owned_prefix the path prefix of devicegate's pages (default /device): only those are checked
+//                with axe
+//   axe          true: check every devicegate page with axe-core (WCAG 2.1 A/AA rules: labels,
+//                contrast, landmarks, language...) and report the violations
 //   screenshots  a directory to save a PNG of every page in (optional)
 //
-// Prints one JSON line: {url, status, title, text, pages: [...]}, where text is the final page's
-// visible text. Exits non-zero only when the browser itself failed.
+// Prints one JSON line: {url, status, title, text, lang, pages: [...], axe: [...]}, where text
+// is the final page's visible text and each axe entry is {page, id, impact, help, nodes}.
+// Exits non-zero only when the browser itself failed.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createRequire } from 'node:module';
+
+const require = createRequire(import.meta.url);
 
 const args = JSON.parse(process.argv[2] || '{}');
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -31,15 +43,34 @@ const browser = await chromium.launch({
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 const pages = [];
+const axeViolations = [];
+const axeSource = args.axe ? fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8') : null;
+const gatewayOrigin = new URL(args.url).origin;
 let shot = 0;
 try {
-  const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  const context = await browser.newContext({
+    viewport: { width: 390, height: 844 },
+    ...(args.locale ? { locale: args.locale } : {}),
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(15000);
   let lastStatus = 0;
   page.on('response', (r) => { if (r.request().isNavigationRequest()) lastStatus = r.status(); });
   const snap = async (name) => {
-    pages.push({ name, url: page.url(), title: await page.title() });
+    pages.push({ name, url: page.url(), title: await page.title(), status: lastStatus });
+    // Only devicegate's own pages (the IdP's login pages share the origin but are not ours).
+    const ours = page.url().startsWith(gatewayOrigin)
+      && new URL(page.url()).pathname.startsWith(args.owned_prefix || '/device');
+    if (axeSource && ours) {
+      // Evaluated through the DevTools protocol, so the pages' CSP (no scripts) stays on.
+      await page.evaluate(axeSource);
+      const result = await page.evaluate(() => window.axe.run(document, {
+        runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+      }));
+      for (const v of result.violations) {
+        axeViolations.push({ page: name, id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(' ')) });
+      }
+    }
     if (args.screenshots) {
       fs.mkdirSync(args.screenshots, { recursive: true });
       shot += 1;
@@ -49,18 +80,27 @@ try {
 
   await page.goto(args.url);
   await snap('enter');
-  const input = page.locator('input[name=user_code]');
-  if (args.user_code !== undefined) {
-    await input.fill(args.user_code);
-  }
-  await page.getByRole('button', { name: 'Continue' }).click();
-  await page.waitForLoadState();
-  await snap('after-enter');
-  if (args.action === 'approve' || args.action === 'deny') {
-    const name = args.action === 'approve' ? /Approve/ : /Deny/;
-    await page.getByRole('button', { name }).click();
+  // The pages' own buttons, in whatever language: the code form has one submit button, the
+  // consent form "approve" and "deny".
+  const submitCode = async (code) => {
+    if (code !== undefined) {
+      await page.locator('input[name=user_code]').fill(code);
+    }
+    await page.locator('form button[type=submit]').first().click();
     await page.waitForLoadState();
-    if (args.action === 'approve') {
+  };
+  if (args.action !== 'open') {
+    await submitCode(args.user_code);
+    await snap('after-enter');
+    if (args.retry_code !== undefined && await page.locator('input[name=user_code]').count() > 0) {
+      await submitCode(args.retry_code);
+      await snap('after-retry');
+    }
+  }
+  if (args.action === 'approve' || args.action === 'deny') {
+    await page.locator(`button[name=action][value=${args.action}]`).click();
+    await page.waitForLoadState();
+    if (args.action === 'approve' && args.idp_action !== 'none') {
       // oidc-provider's development login page, then (for offline_access) its consent page.
       await page.locator('input[name=login]').waitFor();
       await snap('idp-login');
@@ -83,7 +123,8 @@ try {
     await snap('result');
   }
   const text = await page.locator('body').innerText();
-  console.log(JSON.stringify({ url: page.url(), status: lastStatus, title: await page.title(), text, pages }));
+  const lang = await page.locator('html').getAttribute('lang');
+  console.log(JSON.stringify({ url: page.url(), status: lastStatus, title: await page.title(), text, lang, pages, axe: axeViolations }));
 } finally {
   await browser.close();
 }
