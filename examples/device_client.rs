@@ -1,6 +1,9 @@
-//! A device client that knows only RFC 8628 and the issuer URL: it reads discovery, asks for a
-//! device code, shows the code and the URL, polls the token endpoint (honouring `interval` and
-//! `slow_down`), and prints what it receives. It is the demo's "TV".
+//! A device client built only on the `openidconnect` crate's RFC 8628 support and the issuer
+//! URL, as a third-party client author would write it: it reads discovery (finding the
+//! `device_authorization_endpoint` that devicegate adds), asks for a device code, shows the
+//! code, the URL and a QR code in the terminal, polls the token endpoint (the crate honours
+//! `interval` and `slow_down`), verifies the ID token against the IdP's keys, and uses the
+//! refresh token once. It is the demo's "TV".
 //!
 //! ```text
 //! cargo run --example device_client -- http://localhost:8080 tv-app "openid profile offline_access"
@@ -9,14 +12,15 @@
 //! A confidential client (one with `client_secret` in the gateway's config) authenticates with
 //! `client_secret_post`: set `DEVICE_CLIENT_SECRET`.
 //!
-//! Then open the printed URL in a browser, check the code, press Approve, and log in with any
-//! user name and password at the demo IdP. The client prints the tokens when they arrive. The
-//! same steps by hand:
+//! Then open the printed URL in a browser (or scan the QR code), check the code, press Approve,
+//! and log in with any user name and password at the demo IdP. The client prints the tokens
+//! when they arrive. The same steps by hand:
 //!
 //! ```text
 //! curl -s http://localhost:8080/.well-known/openid-configuration | jq .device_authorization_endpoint
 //! curl -s -d client_id=tv-app -d client_secret=$TV_APP_SECRET -d scope=openid \
 //!      http://localhost:8080/device/code
+//! curl -s http://localhost:8080/device/qr?user_code=<user_code> > qr.svg   # the QR as an image
 //! curl -s -d grant_type=urn:ietf:params:oauth:grant-type:device_code -d client_id=tv-app \
 //!      -d client_secret=$TV_APP_SECRET -d device_code=<device_code> http://localhost:8080/token
 //! ```
@@ -25,9 +29,39 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
+    CoreDeviceAuthorizationResponse, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, DeviceAuthorizationUrl,
+    IssuerUrl, Nonce, OAuth2TokenResponse, ProviderMetadata, Scope, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
 
-const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// Discovery with the one field the core metadata lacks (RFC 8628 §4).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct DeviceEndpoint {
+    device_authorization_endpoint: DeviceAuthorizationUrl,
+}
+impl AdditionalProviderMetadata for DeviceEndpoint {}
+
+type Metadata = ProviderMetadata<
+    DeviceEndpoint,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,119 +74,106 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "openid profile offline_access".into());
     let secret = std::env::var("DEVICE_CLIENT_SECRET").ok();
-    let with_secret = |mut form: Vec<(&'static str, String)>| {
-        if let Some(s) = &secret {
-            form.push(("client_secret", s.clone()));
-        }
-        form
-    };
+    // Redirects off: an OAuth client must not follow them to other hosts (SSRF).
     let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(15))
+        // Shown on the consent page as the device's software.
+        .user_agent(concat!("devicegate-demo-tv/", env!("CARGO_PKG_VERSION")))
         .build()?;
 
-    let disc: Value = http
-        .get(format!(
-            "{}/.well-known/openid-configuration",
-            issuer.trim_end_matches('/')
-        ))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let device_endpoint = disc["device_authorization_endpoint"]
-        .as_str()
-        .ok_or("the issuer does not advertise a device_authorization_endpoint")?;
-    let token_endpoint = disc["token_endpoint"].as_str().ok_or("no token_endpoint")?;
+    let metadata = Metadata::discover_async(IssuerUrl::new(issuer)?, &http).await?;
+    let device_endpoint = metadata
+        .additional_metadata()
+        .device_authorization_endpoint
+        .clone();
+    let client = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new(client_id),
+        secret.map(ClientSecret::new),
+    )
+    .set_device_authorization_url(device_endpoint)
+    .set_auth_type(AuthType::RequestBody);
 
-    let dev: Value = http
-        .post(device_endpoint)
-        .form(&with_secret(vec![
-            ("client_id", client_id.clone()),
-            ("scope", scope.clone()),
-        ]))
-        .send()
-        .await?
-        .json()
+    let details: CoreDeviceAuthorizationResponse = client
+        .exchange_device_code()
+        .add_scopes(scope.split_whitespace().map(|s| Scope::new(s.into())))
+        .request_async(&http)
         .await?;
-    if let Some(e) = dev["error"].as_str() {
-        return Err(format!(
-            "device authorization refused: {e}: {}",
-            dev["error_description"]
-        )
-        .into());
-    }
-    let device_code = dev["device_code"].as_str().ok_or("no device_code")?;
-    let mut interval = dev["interval"].as_u64().unwrap_or(5);
+    let code = details.user_code().secret();
     println!();
     println!(
         "  On your phone or computer, open:  {}",
-        dev["verification_uri"].as_str().unwrap_or_default()
+        details.verification_uri().as_str()
     );
-    println!(
-        "  and enter the code:               {}",
-        dev["user_code"].as_str().unwrap_or_default()
-    );
+    println!("  and enter the code:               {code}");
     println!();
-    println!(
-        "  (or open {} directly)",
-        dev["verification_uri_complete"]
-            .as_str()
-            .unwrap_or_default()
-    );
-    println!();
-    println!(
-        "Waiting for approval (polling every {interval} s, code valid {} s)...",
-        dev["expires_in"]
-    );
-
-    loop {
-        tokio::time::sleep(Duration::from_secs(interval)).await;
-        let resp: Value = http
-            .post(token_endpoint)
-            .form(&with_secret(vec![
-                ("grant_type", DEVICE_GRANT.to_string()),
-                ("device_code", device_code.to_string()),
-                ("client_id", client_id.clone()),
-            ]))
-            .send()
-            .await?
-            .json()
-            .await?;
-        match resp["error"].as_str() {
-            None => {
-                println!("\nApproved. Tokens received:");
-                for key in ["token_type", "expires_in", "scope"] {
-                    println!("  {key}: {}", resp[key]);
-                }
-                for key in ["access_token", "refresh_token", "id_token"] {
-                    if let Some(t) = resp[key].as_str() {
-                        println!("  {key}: {}... ({} chars)", &t[..t.len().min(16)], t.len());
-                    }
-                }
-                if let Some(claims) = resp["id_token"].as_str().and_then(id_token_claims) {
-                    println!("  signed in as: {}", claims["sub"]);
-                }
-                return Ok(());
+    if let Some(complete) = details.verification_uri_complete() {
+        if let Some(qr) = devicegate::pages::qr::terminal(complete.secret()) {
+            println!("  or scan:\n");
+            for line in qr.lines() {
+                println!("    {line}");
             }
-            Some("authorization_pending") => {}
-            Some("slow_down") => interval += 5,
-            Some(e) => {
-                println!(
-                    "\nNo tokens: {e} ({})",
-                    resp["error_description"].as_str().unwrap_or("")
-                );
-                std::process::exit(1);
-            }
+            println!();
         }
+        println!("  (or open {} directly)", complete.secret());
+        println!();
     }
-}
+    println!(
+        "Waiting for approval (polling every {} s, code valid {} s)...",
+        details.interval().as_secs(),
+        details.expires_in().as_secs()
+    );
 
-fn id_token_claims(jwt: &str) -> Option<Value> {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1)?;
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    serde_json::from_slice(&raw).ok()
+    let token = client
+        .exchange_device_access_token(&details)?
+        .request_async(&http, tokio::time::sleep, None)
+        .await;
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            println!("\nNo tokens: {e}");
+            if let openidconnect::RequestTokenError::ServerResponse(r) = &e {
+                println!("  ({})", r.error_description().map_or("", String::as_str));
+            }
+            std::process::exit(1);
+        }
+    };
+    println!("\nApproved. Tokens received:");
+    println!("  token_type: {:?}", token.token_type());
+    if let Some(d) = token.expires_in() {
+        println!("  expires_in: {} s", d.as_secs());
+    }
+    let scopes: Vec<&str> = token
+        .scopes()
+        .into_iter()
+        .flatten()
+        .map(|s| s.as_str())
+        .collect();
+    println!("  scope: {:?}", scopes.join(" "));
+    let short = |t: &str| format!("{}... ({} chars)", &t[..t.len().min(16)], t.len());
+    println!("  access_token: {}", short(token.access_token().secret()));
+    if let Some(r) = token.refresh_token() {
+        println!("  refresh_token: {}", short(r.secret()));
+    }
+    if let Some(id_token) = token.id_token() {
+        // Signature (the IdP's JWKS), issuer, audience and expiry. There is no nonce in the
+        // device flow (the device never sends an authorization request).
+        let claims = id_token.claims(&client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))?;
+        println!(
+            "  id_token: verified, signed in as: {:?}",
+            claims.subject().as_str()
+        );
+    }
+    if let Some(refresh) = token.refresh_token() {
+        let fresh = client
+            .exchange_refresh_token(refresh)?
+            .request_async(&http)
+            .await?;
+        println!(
+            "Refreshed: a new access token ({} chars) from the refresh token.",
+            fresh.access_token().secret().len()
+        );
+    }
+    Ok(())
 }
