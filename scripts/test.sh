@@ -41,8 +41,9 @@ command -v openssl >/dev/null || fail "openssl not found: apt-get install openss
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || fail "node $(node --version) is too old for oidc-provider 9: install node 20 or newer"
 
-echo "==> npm ci (test IdP and browser driver, from tests/idp/package-lock.json)"
+echo "==> npm ci (test IdPs and browser driver, from tests/idp{,2}/package-lock.json)"
 npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
+npm ci --prefix tests/idp2 --no-audit --no-fund --loglevel=error
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -86,6 +86,9 @@ fn default_upstream_timeout() -> u64 {
 #[serde(deny_unknown_fields, default)]
 struct FileDevice {
     authorization_path: String,
+    /// More paths answering as the device authorization endpoint, to mirror an existing URL
+    /// layout (e.g. `/oauth2/v1/device`). Discovery names `authorization_path`.
+    extra_authorization_paths: Vec<String>,
     verification_path: String,
     callback_path: String,
     expires_in: u64,
@@ -96,6 +99,7 @@ impl Default for FileDevice {
     fn default() -> Self {
         Self {
             authorization_path: "/device/code".into(),
+            extra_authorization_paths: Vec::new(),
             verification_path: "/device".into(),
             callback_path: "/device/callback".into(),
             expires_in: 600,
@@ -339,6 +343,7 @@ pub struct ListenTls {
 #[derive(Debug, Clone)]
 pub struct Device {
     pub authorization_path: String,
+    pub extra_authorization_paths: Vec<String>,
     pub verification_path: String,
     pub callback_path: String,
     pub expires_in: u64,
@@ -567,6 +572,12 @@ impl Config {
             }),
             _ => Err(ConfigErrors(errs.0)),
         }
+    }
+
+    /// Whether the gateway has its own origin instead of sitting at the IdP's issuer origin
+    /// (README: "The gateway on its own origin").
+    pub fn own_origin(&self) -> bool {
+        self.public_url.origin() != self.upstream.issuer.origin()
     }
 
     /// `public_url` joined with an absolute path.
@@ -799,15 +810,23 @@ fn validate_device(errs: &mut Errors, d: FileDevice) -> Option<Device> {
     validate_path(errs, "device.authorization_path", &d.authorization_path);
     validate_path(errs, "device.verification_path", &d.verification_path);
     validate_path(errs, "device.callback_path", &d.callback_path);
-    let paths = [
+    for (i, p) in d.extra_authorization_paths.iter().enumerate() {
+        validate_path(errs, &format!("device.extra_authorization_paths[{i}]"), p);
+    }
+    let qr = format!("{}/qr", d.verification_path.trim_end_matches('/'));
+    let paths: Vec<&String> = [
         &d.authorization_path,
         &d.verification_path,
         &d.callback_path,
-    ];
+        &qr,
+    ]
+    .into_iter()
+    .chain(&d.extra_authorization_paths)
+    .collect();
     if paths.iter().collect::<HashSet<_>>().len() != paths.len() {
         errs.push(
             "device",
-            "authorization_path, verification_path and callback_path must differ",
+            "authorization_path, extra_authorization_paths, verification_path, callback_path and {verification_path}/qr must all differ",
         );
     }
     if !(1..=86_400).contains(&d.expires_in) {
@@ -821,6 +840,7 @@ fn validate_device(errs: &mut Errors, d: FileDevice) -> Option<Device> {
     }
     (errs.0.len() == before).then_some(Device {
         authorization_path: d.authorization_path,
+        extra_authorization_paths: d.extra_authorization_paths,
         verification_path: d.verification_path,
         callback_path: d.callback_path,
         expires_in: d.expires_in,

@@ -7,20 +7,53 @@ use serde_json::{Map, Value};
 /// The grant type URN of RFC 8628 §3.4.
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
-/// The discovery paths for an issuer (OIDC Discovery §4 and RFC 8414 §3, which inserts the
-/// well-known segment before the issuer's path).
-pub fn well_known_paths(issuer_path: &str) -> [String; 2] {
+/// The discovery paths for an issuer, the OpenID Connect one (OIDC Discovery §4) first: then
+/// RFC 8414 §3's, which inserts the well-known segment before the issuer's path, and, for an
+/// issuer with a path, the appended form many IdPs serve instead (Keycloak:
+/// `/realms/demo/.well-known/oauth-authorization-server`).
+pub fn well_known_paths(issuer_path: &str) -> Vec<String> {
     let p = issuer_path.trim_end_matches('/');
-    [
+    let mut paths = vec![
         format!("{p}/.well-known/openid-configuration"),
         format!("/.well-known/oauth-authorization-server{p}"),
-    ]
+    ];
+    if !p.is_empty() {
+        paths.push(format!("{p}/.well-known/oauth-authorization-server"));
+    }
+    paths
 }
 
 /// Returns the rewritten document, or `None` when the body is not a JSON object (then it is
 /// relayed untouched).
 pub fn rewrite(body: &[u8], device_endpoint: &str) -> Option<Vec<u8>> {
+    rewrite_for(body, device_endpoint, None)
+}
+
+/// [`rewrite`], and when the gateway has its own origin (`gateway_origin`, e.g.
+/// `https://device.example.com`), `token_endpoint` is moved to it (same path), so that device
+/// polls reach the gateway; every other grant sent there passes through to the IdP.
+pub fn rewrite_for(
+    body: &[u8],
+    device_endpoint: &str,
+    gateway_origin: Option<&str>,
+) -> Option<Vec<u8>> {
     let mut doc: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    if let Some(origin) = gateway_origin {
+        let moved = doc
+            .get("token_endpoint")
+            .and_then(Value::as_str)
+            .and_then(|t| url::Url::parse(t).ok())
+            .map(|t| {
+                format!(
+                    "{}{}",
+                    origin.trim_end_matches('/'),
+                    &t[url::Position::BeforePath..]
+                )
+            });
+        if let Some(t) = moved {
+            doc.insert("token_endpoint".into(), Value::String(t));
+        }
+    }
     doc.insert(
         "device_authorization_endpoint".into(),
         Value::String(device_endpoint.into()),
@@ -92,6 +125,26 @@ mod tests {
     }
 
     #[test]
+    fn own_origin_moves_the_token_endpoint_only() {
+        let doc = br#"{"issuer":"https://id.example/realms/x","token_endpoint":"https://id.example/realms/x/token?a=1","jwks_uri":"https://id.example/certs"}"#;
+        let out: Value = serde_json::from_slice(
+            &rewrite_for(
+                doc,
+                "https://gw.example/device/code",
+                Some("https://gw.example"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            out["token_endpoint"],
+            "https://gw.example/realms/x/token?a=1"
+        );
+        assert_eq!(out["issuer"], "https://id.example/realms/x");
+        assert_eq!(out["jwks_uri"], "https://id.example/certs");
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(
             well_known_paths("/"),
@@ -104,7 +157,8 @@ mod tests {
             well_known_paths("/realms/demo"),
             [
                 "/realms/demo/.well-known/openid-configuration",
-                "/.well-known/oauth-authorization-server/realms/demo"
+                "/.well-known/oauth-authorization-server/realms/demo",
+                "/realms/demo/.well-known/oauth-authorization-server"
             ]
         );
     }

@@ -231,11 +231,29 @@ impl Oidc {
             .get("issuer")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let want = self.config.upstream.issuer.as_str();
-        if issuer.trim_end_matches('/') != want.trim_end_matches('/') {
+        // Exactly (§4.3): ID tokens carry this string in `iss`, and it is compared exactly.
+        let want = self.config.upstream.issuer_id.as_str();
+        if issuer != want {
+            let hint = if issuer.trim_end_matches('/') == want.trim_end_matches('/') {
+                " (they differ only by the trailing slash: write upstream.issuer exactly as the IdP does)"
+            } else {
+                ""
+            };
             return Err(UpstreamError::Invalid(format!(
-                "discovery names issuer '{issuer}', expected '{want}'"
+                "discovery names issuer '{issuer}', expected '{want}'{hint}"
             )));
+        }
+        // An IdP that signs ID tokens only with algorithms devicegate cannot verify would fail
+        // every login: say so now (the log and /readyz), not at the first user's callback.
+        if let Some(Value::Array(algs)) = doc.get("id_token_signing_alg_values_supported") {
+            let names: Vec<&str> = algs.iter().filter_map(Value::as_str).collect();
+            if !names.is_empty() && !names.iter().any(|a| VERIFIABLE_ALGS.contains(a)) {
+                return Err(UpstreamError::Invalid(format!(
+                    "the IdP signs ID tokens with {}; devicegate verifies {}",
+                    names.join(", "),
+                    VERIFIABLE_ALGS.join(", ")
+                )));
+            }
         }
         let endpoint = |name: &str| -> Result<Url, UpstreamError> {
             let s = doc
@@ -474,6 +492,7 @@ pub fn check_id_token(
         ),
         None => CoreIdTokenVerifier::new_public_client(client_id, issuer, keys.clone()),
     }
+    // Keep in step with VERIFIABLE_ALGS.
     .set_allowed_algs([
         CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
         CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
@@ -494,6 +513,13 @@ pub fn check_id_token(
         Err(e) => Err(IdTokenError::Claims(e.to_string())),
     }
 }
+
+/// The ID token signature algorithms devicegate verifies (those `openidconnect` implements;
+/// ES512 and Ed448 it cannot). HMAC (HS*) is not accepted: it would need the client secret
+/// shared as a verification key.
+pub const VERIFIABLE_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 /// An error with its sources, for messages that say what really failed.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -633,5 +659,73 @@ mod tests {
         let evil_parts: Vec<&str> = evil.split('.').collect();
         let spliced = format!("{}.{}.{}", parts[0], evil_parts[1], parts[2]);
         assert!(check(&spliced, "n1", NOW).is_err());
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    fn oidc(issuer: &str) -> Oidc {
+        let yaml = format!(
+            "listen: 127.0.0.1:8080\npublic_url: {issuer}\nupstream:\n  address: 127.0.0.1:3000\n  issuer: {issuer}\nclients:\n  - client_id: tv\n"
+        );
+        let config = Config::from_yaml(&yaml, &|_| None).unwrap();
+        Oidc::new(Arc::new(config)).unwrap()
+    }
+
+    fn doc(issuer: &str, algs: &str) -> Vec<u8> {
+        format!(
+            r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","jwks_uri":"{issuer}/certs"{algs}}}"#
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn discovery_is_checked_exactly_and_for_verifiable_algorithms() {
+        let o = oidc("http://localhost:8080/realms/demo");
+        let ok = o
+            .learn_discovery(&doc("http://localhost:8080/realms/demo", ""))
+            .await
+            .unwrap();
+        assert_eq!(ok.token_endpoint.path(), "/realms/demo/token");
+        // A trailing slash is another issuer: every ID token would fail, so discovery does.
+        let e = o
+            .learn_discovery(&doc("http://localhost:8080/realms/demo/", ""))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("trailing slash"), "{e}");
+        for (algs, ok) in [
+            (
+                r#","id_token_signing_alg_values_supported":["ES512"]"#,
+                false,
+            ),
+            (
+                r#","id_token_signing_alg_values_supported":["HS256","Ed25519"]"#,
+                false,
+            ),
+            (
+                r#","id_token_signing_alg_values_supported":["ES512","ES256"]"#,
+                true,
+            ),
+            (
+                r#","id_token_signing_alg_values_supported":["EdDSA"]"#,
+                true,
+            ),
+            (r#","id_token_signing_alg_values_supported":[]"#, true),
+        ] {
+            let r = o
+                .learn_discovery(&doc("http://localhost:8080/realms/demo", algs))
+                .await;
+            assert_eq!(
+                r.is_ok(),
+                ok,
+                "{algs}: {:?}",
+                r.err().map(|e| e.to_string())
+            );
+            if let Err(e) = r {
+                assert!(e.to_string().contains("devicegate verifies RS256"), "{e}");
+            }
+        }
     }
 }

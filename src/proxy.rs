@@ -66,7 +66,10 @@ pub struct Gateway {
     browser_mac: OnceCell<HmacSha256>,
     cookie_name: &'static str,
     secure_cookies: bool,
-    discovery_paths: [String; 2],
+    discovery_paths: Vec<String>,
+    /// With its own origin (public_url ≠ the issuer's origin): the gateway's origin, put in
+    /// discovery's `token_endpoint`, and the IdP's authority, sent as `Host` upstream.
+    own_origin: Option<(String, String)>,
     /// The CSP `img-src` of pages: this origin plus the configured logos' origins.
     img_src: String,
     /// `{verification_path}/qr`: the QR code image of a user code's verification link.
@@ -156,6 +159,14 @@ impl Gateway {
         let secure_cookies = config.public_url.scheme() == "https";
         Ok(Self {
             discovery_paths: discovery::well_known_paths(config.upstream.issuer.path()),
+            own_origin: config.own_origin().then(|| {
+                let issuer = &config.upstream.issuer;
+                let authority = match issuer.port() {
+                    Some(p) => format!("{}:{p}", issuer.host_str().unwrap_or_default()),
+                    None => issuer.host_str().unwrap_or_default().to_string(),
+                };
+                (config.public_url.origin().ascii_serialization(), authority)
+            }),
             device,
             oidc,
             pages,
@@ -530,6 +541,8 @@ impl Gateway {
             "user_code": shown,
             "verification_uri": verification_uri,
             "verification_uri_complete": complete,
+            // Google's name for verification_uri, read by clients written against it.
+            "verification_url": verification_uri,
             "expires_in": issued.expires_in,
             "interval": issued.interval,
         });
@@ -557,7 +570,10 @@ impl Gateway {
             &d.callback_path,
             &self.qr_path,
         ];
-        let owned = fixed.into_iter().chain(&self.discovery_paths);
+        let owned = fixed
+            .into_iter()
+            .chain(&d.extra_authorization_paths)
+            .chain(&self.discovery_paths);
         if owned.clone().any(|o| o == path) {
             return None;
         }
@@ -596,9 +612,12 @@ impl Gateway {
             // seconds so a dead IdP does not slow every POST.
             None => self.oidc.discovery_if_due().await,
         };
+        // At the IdP's origin, the IdP's token endpoint is ours when it is on that origin; on
+        // its own origin the gateway advertises the IdP's token path on itself.
         disc.is_some_and(|d| {
             d.token_endpoint.path() == path
-                && d.token_endpoint.origin() == self.config.public_url.origin()
+                && (self.own_origin.is_some()
+                    || d.token_endpoint.origin() == self.config.public_url.origin())
         })
     }
 
@@ -677,15 +696,21 @@ impl Gateway {
             .unwrap_or_default();
         let mut url = self.config.upstream.issuer.clone();
         url.set_path("");
-        let url = match url::Url::parse(&format!(
-            "{}{}",
-            url.as_str().trim_end_matches('/'),
-            path_and_query
-        )) {
+        let origin = url.as_str().trim_end_matches('/').to_string();
+        let url = match url::Url::parse(&format!("{origin}{path_and_query}")) {
             Ok(u) => u,
             Err(_) => return Ok(false),
         };
-        let resp = match self.oidc.get(&url).await {
+        let mut fetched = self.oidc.get(&url).await;
+        if fetched.as_ref().is_ok_and(|r| r.status == 404) && url.path() != self.discovery_paths[0]
+        {
+            // An RFC 8414 path this IdP does not serve (Keycloak serves only one of the two):
+            // answer with its OpenID Connect document, which has every field RFC 8414 needs.
+            if let Ok(oidc_url) = url::Url::parse(&format!("{origin}{}", self.discovery_paths[0])) {
+                fetched = self.oidc.get(&oidc_url).await;
+            }
+        }
+        let resp = match fetched {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "discovery fetch failed");
@@ -702,7 +727,9 @@ impl Gateway {
                     tracing::warn!(error = %e, "discovery document not usable");
                 }
             }
-            discovery::rewrite(&resp.body, &device_endpoint).unwrap_or_else(|| resp.body.to_vec())
+            let gateway_origin = self.own_origin.as_ref().map(|(o, _)| o.as_str());
+            discovery::rewrite_for(&resp.body, &device_endpoint, gateway_origin)
+                .unwrap_or_else(|| resp.body.to_vec())
         } else {
             resp.body.to_vec()
         };
@@ -1326,7 +1353,7 @@ impl ProxyHttp for Gateway {
             ));
             return self.send_oauth_error(session, &e).await;
         }
-        if path == d.authorization_path {
+        if path == d.authorization_path || d.extra_authorization_paths.contains(&path) {
             return self.device_authorization(session).await;
         }
         if path == d.verification_path {
@@ -1380,6 +1407,10 @@ impl ProxyHttp for Gateway {
         }
         // The gateway is the public origin: the scheme clients used is public_url's.
         upstream_request.insert_header("X-Forwarded-Proto", self.config.public_url.scheme())?;
+        if let Some((_, idp_authority)) = &self.own_origin {
+            // On its own origin the gateway is not the IdP's public name: ask for the IdP's.
+            upstream_request.insert_header("Host", idp_authority)?;
+        }
         Ok(())
     }
 }

@@ -136,10 +136,13 @@ impl Grant {
                     return Err(OAuthError::ServerError("grant state changed".into()));
                 };
                 self.last_poll = Some(now);
-                // The tokens aged while the device waited for its next poll.
-                if let Some(exp) = tokens.get("expires_in").and_then(Value::as_u64) {
-                    let waited = now.saturating_sub(approved_at);
-                    tokens.insert("expires_in".into(), exp.saturating_sub(waited).into());
+                // The tokens aged while the device waited for its next poll (Keycloak also
+                // says how long its refresh token lives).
+                let waited = now.saturating_sub(approved_at);
+                for key in ["expires_in", "refresh_expires_in"] {
+                    if let Some(exp) = tokens.get(key).and_then(Value::as_u64) {
+                        tokens.insert(key.into(), exp.saturating_sub(waited).into());
+                    }
                 }
                 return Ok(tokens);
             }
@@ -284,7 +287,7 @@ pub(crate) mod tests {
     }
 
     fn tokens() -> TokenSet {
-        serde_json::json!({"access_token": "at", "token_type": "Bearer", "expires_in": 3600})
+        serde_json::json!({"access_token": "at", "token_type": "Bearer", "expires_in": 3600, "refresh_expires_in": 1800})
             .as_object()
             .cloned()
             .unwrap_or_default()
@@ -319,6 +322,7 @@ pub(crate) mod tests {
             t["expires_in"], 3598,
             "expires_in counts the 2 s the tokens waited"
         );
+        assert_eq!(t["refresh_expires_in"], 1798);
         assert_eq!(g.status, Status::Delivered);
         assert!(matches!(
             g.poll("tv", 1100),

@@ -77,6 +77,22 @@ pub struct Options {
     pub redis: bool,
     /// The body of a `ui:` section (indented two spaces), if any.
     pub ui: Option<String>,
+    /// Which IdP plays the organisation's.
+    pub idp: Idp,
+    /// The IdP on its own origin (its own port and issuer) and the gateway on another, instead
+    /// of the gateway at the issuer's origin.
+    pub own_origin: bool,
+}
+
+/// The upstream identity provider of a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idp {
+    /// `oidc-provider` (tests/idp): issuer without a path, RS256, login and consent pages.
+    OidcProvider,
+    /// `oauth2-mock-server` shaped like a Keycloak realm (tests/idp2): issuer `/realms/demo`,
+    /// endpoints under `/protocol/openid-connect/`, ID tokens signed with this algorithm, JWT
+    /// access tokens, rotating refresh tokens, and no login page (authorize signs in at once).
+    Keycloakish(&'static str),
 }
 
 impl Default for Options {
@@ -94,6 +110,8 @@ impl Default for Options {
             listen_tls: None,
             redis: false,
             ui: None,
+            idp: Idp::OidcProvider,
+            own_origin: false,
         }
     }
 }
@@ -158,12 +176,21 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
+        let issuer_path = match opts.idp {
+            Idp::OidcProvider => "",
+            Idp::Keycloakish(_) => "/realms/demo",
+        };
+        let own_port = opts.own_origin.then(free_port);
+        let issuer = match own_port {
+            Some(p) => format!("http://127.0.0.1:{p}{issuer_path}"),
+            None => format!("{url}{issuer_path}"),
+        };
         let (idp, idp_port) = if let Some(p) = opts.upstream_port {
             (None, p)
         } else if opts.idp_down {
             (None, free_port())
         } else {
-            let (p, idp_port) = start_idp(&url);
+            let (p, idp_port) = start_idp(opts.idp, &issuer, &url, own_port.unwrap_or(0));
             (Some(p), idp_port)
         };
         let redis = opts.redis.then(Redis::start);
@@ -182,7 +209,7 @@ listen: 127.0.0.1:{{LISTEN_PORT}}
 public_url: {url}
 upstream:
   address: 127.0.0.1:{idp_port}
-  issuer: {url}
+  issuer: {issuer}
   timeout: {upstream_timeout}
 {token_path}device:
   expires_in: {expires_in}
@@ -476,16 +503,31 @@ impl Gate {
 }
 
 /// Starts the IdP with issuer `issuer`; returns it and its port.
-fn start_idp(issuer: &str) -> (Proc, u16) {
+/// Starts the IdP with `issuer`, the test clients registered with the gateway's callback, on
+/// `port` (0: any).
+fn start_idp(kind: Idp, issuer: &str, gateway: &str, port: u16) -> (Proc, u16) {
+    let callback = format!("{gateway}/device/callback");
     let clients = json!([
-        {"client_id": "tv-app", "redirect_uris": [format!("{issuer}/device/callback")]},
-        {"client_id": "kiosk", "client_secret": KIOSK_SECRET, "redirect_uris": [format!("{issuer}/device/callback")]},
+        {"client_id": "tv-app", "redirect_uris": [callback]},
+        {"client_id": "kiosk", "client_secret": KIOSK_SECRET, "redirect_uris": [callback]},
     ]);
+    let (dir, alg) = match kind {
+        Idp::OidcProvider => (idp_dir(), "RS256"),
+        Idp::Keycloakish(alg) => {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp2");
+            assert!(
+                dir.join("node_modules/oauth2-mock-server").is_dir(),
+                "the second test IdP is not installed: run `npm ci --prefix tests/idp2` (./scripts/test.sh does it)"
+            );
+            (dir, alg)
+        }
+    };
     let mut child = Command::new("node")
         .arg("idp.js")
-        .current_dir(idp_dir())
+        .current_dir(dir)
         .env("IDP_ISSUER", issuer)
-        .env("IDP_PORT", "0")
+        .env("IDP_PORT", port.to_string())
+        .env("IDP_ALG", alg)
         .env("IDP_CLIENTS", clients.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

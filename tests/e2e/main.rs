@@ -10,6 +10,7 @@
 mod common;
 mod device_flow;
 mod hardening;
+mod interop;
 mod operations;
 mod redis_store;
 mod verification_pages;

@@ -1,0 +1,267 @@
+//! Interoperability: a second, independent IdP (`oauth2-mock-server` shaped like a Keycloak
+//! realm: issuer with a path, endpoints on other paths, ES256/EdDSA ID tokens, JWT access tokens,
+//! no `end_session_endpoint` needed), the gateway on its own origin, and the request shapes
+//! other ecosystems send. Real clients written by others are in `clients`.
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::common::{browser, s, Env, Idp, Options, DEVICE_GRANT};
+
+fn jwt_part(jwt: &str, i: usize) -> Value {
+    let part = jwt.split('.').nth(i).unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
+/// Discovery at the issuer's path, a device login approved in the browser, the tokens once,
+/// and a refresh through the gateway, against the Keycloak-like IdP signing with `alg`.
+async fn flow_with_keycloakish(alg: &'static str) {
+    let env = Env::start(Options {
+        idp: Idp::Keycloakish(alg),
+        ..Options::default()
+    })
+    .await;
+    let issuer = format!("{}/realms/demo", env.url);
+    let disc: Value = env
+        .get("/realms/demo/.well-known/openid-configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s(&disc["issuer"]), issuer);
+    assert_eq!(
+        s(&disc["device_authorization_endpoint"]),
+        format!("{}/device/code", env.url)
+    );
+    let token_endpoint = s(&disc["token_endpoint"]).to_string();
+    assert_eq!(
+        token_endpoint,
+        format!("{issuer}/protocol/openid-connect/token")
+    );
+    // RFC 8414 clients find it too: Keycloak's appended path is rewritten, and the inserted
+    // path, which Keycloak does not serve, answers with the OpenID Connect document.
+    for path in [
+        "/realms/demo/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-authorization-server/realms/demo",
+    ] {
+        let doc: Value = env.get(path).await.json().await.unwrap();
+        assert_eq!(s(&doc["issuer"]), issuer, "{path}");
+        assert!(
+            doc["device_authorization_endpoint"].is_string(),
+            "{path}: {doc}"
+        );
+    }
+
+    let dev = env
+        .authorize("tv-app", "openid profile offline_access")
+        .await;
+    let token_path = token_endpoint.trim_start_matches(&env.url).to_string();
+    let poll = |code: String| {
+        let env = &env;
+        let path = token_path.clone();
+        async move {
+            env.post_form(
+                &path,
+                &[
+                    ("grant_type", DEVICE_GRANT),
+                    ("device_code", &code),
+                    ("client_id", "tv-app"),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, _, body) = poll(s(&dev["device_code"]).to_string()).await;
+    assert_eq!((status, s(&body["error"])), (400, "authorization_pending"));
+    // This IdP has no login page: authorize signs the user in and redirects back at once.
+    let report = browser(json!({
+        "name": format!("keycloakish-{alg}"),
+        "url": dev["verification_uri_complete"],
+        "action": "approve",
+        "idp_action": "none",
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+
+    let (status, _, tokens) = poll(s(&dev["device_code"]).to_string()).await;
+    assert_eq!(status, 200, "{tokens}");
+    let id_token = s(&tokens["id_token"]);
+    assert_eq!(s(&jwt_part(id_token, 0)["alg"]), alg);
+    assert_eq!(s(&jwt_part(id_token, 1)["iss"]), issuer);
+    assert_eq!(s(&jwt_part(s(&tokens["access_token"]), 0)["typ"]), "at+jwt");
+    // Keycloak's extra fields come through, refresh_expires_in aged like expires_in.
+    assert!(tokens["refresh_expires_in"].as_u64().is_some(), "{tokens}");
+    let (status, _, again) = poll(s(&dev["device_code"]).to_string()).await;
+    assert_eq!((status, s(&again["error"])), (400, "invalid_grant"));
+
+    let (status, _, refreshed) = env
+        .post_form(
+            &token_path,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", s(&tokens["refresh_token"])),
+                ("client_id", "tv-app"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_ne!(refreshed["access_token"], tokens["access_token"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_like_idp_rs256() {
+    flow_with_keycloakish("RS256").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_like_idp_es256() {
+    flow_with_keycloakish("ES256").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keycloak_like_idp_eddsa() {
+    flow_with_keycloakish("EdDSA").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_signing_only_with_an_unverifiable_algorithm_is_reported_not_trusted() {
+    let env = Env::start(Options {
+        idp: Idp::Keycloakish("ES512"),
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    let disc = env
+        .get("/realms/demo/.well-known/openid-configuration")
+        .await;
+    assert_eq!(disc.status(), 200, "discovery is still relayed");
+    let ready = env
+        .http
+        .get(format!("{}/readyz", env.admin_url.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let log = env.gateway_log();
+    assert!(
+        log.contains("the IdP signs ID tokens with ES512; devicegate verifies RS256"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_on_its_own_origin() {
+    let env = Env::start(Options {
+        own_origin: true,
+        ..Options::default()
+    })
+    .await;
+    // Devices are configured with the gateway's URL; the document is the IdP's (its issuer),
+    // with the device endpoint and the token endpoint on the gateway.
+    let disc: Value = env
+        .get("/.well-known/openid-configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let issuer = s(&disc["issuer"]).to_string();
+    assert_ne!(issuer, env.url);
+    assert_eq!(
+        s(&disc["device_authorization_endpoint"]),
+        format!("{}/device/code", env.url)
+    );
+    assert_eq!(s(&disc["token_endpoint"]), format!("{}/token", env.url));
+    assert!(s(&disc["authorization_endpoint"]).starts_with(&issuer));
+
+    let dev = env
+        .authorize("tv-app", "openid profile offline_access")
+        .await;
+    // The browser logs in at the IdP's own origin and comes back to the gateway's callback.
+    let report = browser(json!({
+        "name": "own-origin",
+        "url": dev["verification_uri_complete"],
+        "action": "approve",
+        "username": "olga",
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    assert!(report["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| s(&p["url"]).starts_with(&issuer)));
+    let (status, tokens) = env.poll("tv-app", s(&dev["device_code"])).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
+    // Refresh and userinfo through the gateway reach the IdP under its own name (Host).
+    let (status, _, refreshed) = env
+        .post_form(
+            "/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", s(&tokens["refresh_token"])),
+                ("client_id", "tv-app"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
+    let me = env
+        .http
+        .get(format!("{}/me", env.url))
+        .bearer_auth(s(&refreshed["access_token"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), "olga");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_shapes_of_other_ecosystems() {
+    let mut env = Env::start(Options::default()).await;
+    env.edit_config(|c| {
+        c.replace(
+            "device:\n",
+            "device:\n  extra_authorization_paths: [/oauth2/v1/device]\n",
+        )
+    });
+    env.restart_gateway();
+    // Oracle-style: response_type=device_code and the secret in the body, at a mirrored path.
+    let (status, _, dev) = env
+        .post_form(
+            "/oauth2/v1/device",
+            &[
+                ("response_type", "device_code"),
+                ("client_id", "kiosk"),
+                ("client_secret", crate::common::KIOSK_SECRET),
+                ("scope", "openid"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{dev}");
+    // Google-style clients read verification_url.
+    assert_eq!(dev["verification_url"], dev["verification_uri"]);
+    // Polling with HTTP Basic client authentication (RFC 6749 §2.3.1: form-encoded parts).
+    let resp = env
+        .http
+        .post(format!("{}/token", env.url))
+        .basic_auth("kiosk", Some(crate::common::KIOSK_SECRET))
+        .form(&[
+            ("grant_type", DEVICE_GRANT),
+            ("device_code", s(&dev["device_code"])),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(s(&body["error"]), "authorization_pending");
+    // The mirrored path is owned like the main one: its disguises are refused, not relayed.
+    let (status, _, _) = env
+        .post_form("/oauth2/v1/%64evice", &[("client_id", "kiosk")])
+        .await;
+    assert_eq!(status, 400);
+}
