@@ -165,6 +165,11 @@ struct FileClient {
     description: Option<String>,
     /// The application's logo on the consent page.
     logo_url: Option<String>,
+    /// Also send Google's `verification_url` in device authorization responses, for clients
+    /// written against Google's device flow. Off by default: serde-based clients (the Rust
+    /// `oauth2` crate) refuse a response carrying both names.
+    #[serde(default)]
+    verification_url: bool,
 }
 
 fn default_scopes() -> Vec<String> {
@@ -392,6 +397,8 @@ pub struct Client {
     pub enabled: bool,
     pub description: Option<String>,
     pub logo_url: Option<String>,
+    /// Also send `verification_url` (Google's name) in device authorization responses.
+    pub verification_url: bool,
 }
 
 /// Process settings handed to Pingora.
@@ -1120,6 +1127,7 @@ fn validate_clients(
                 enabled: c.enabled,
                 description: c.description,
                 logo_url,
+                verification_url: c.verification_url,
             },
         );
     }

@@ -590,6 +590,7 @@ mod tests {
             enabled: true,
             description: None,
             logo_url: None,
+            verification_url: false,
         }
     }
 

@@ -536,16 +536,23 @@ impl Gateway {
         let shown = display_user_code(&issued.user_code);
         let verification_uri = self.config.public(&self.config.device.verification_path);
         let complete = format!("{verification_uri}?user_code={shown}");
-        let body = json!({
+        let mut body = json!({
             "device_code": issued.device_code,
             "user_code": shown,
             "verification_uri": verification_uri,
             "verification_uri_complete": complete,
-            // Google's name for verification_uri, read by clients written against it.
-            "verification_url": verification_uri,
             "expires_in": issued.expires_in,
             "interval": issued.interval,
         });
+        if self
+            .config
+            .clients
+            .get(&client_id)
+            .is_some_and(|c| c.verification_url)
+        {
+            // Google's name for verification_uri, for clients written against Google only.
+            body["verification_url"] = json!(verification_uri);
+        }
         self.send_json(session, 200, body.to_string().into_bytes())
             .await
     }

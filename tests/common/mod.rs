@@ -230,7 +230,7 @@ clients:
   - client_id: kiosk
     name: Lobby kiosk
     client_secret: ${{KIOSK_SECRET}}
-    allowed_scopes: [openid, profile]
+    allowed_scopes: [openid, profile, offline_access]
   - client_id: retired
     allowed_scopes: [openid]
     enabled: false
@@ -935,4 +935,66 @@ pub fn test_certificates(dir: &Path) -> (String, String, String) {
     ]);
     let path = |n: &str| dir.join(n).display().to_string();
     (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+/// Runs the demo client (`examples/device_client.rs`, built by `cargo build --example
+/// device_client`; scripts/test.sh does it first) against `issuer`, approves the code it prints
+/// in the browser (`browser_args` adds to the driver's arguments), and returns what it printed
+/// after the approval. Fails unless it exits successfully.
+pub async fn run_demo_client(
+    issuer: &str,
+    client_id: &str,
+    scope: &str,
+    secret: Option<&str>,
+    browser_args: Value,
+) -> String {
+    let exe = Path::new(env!("CARGO_BIN_EXE_devicegate"))
+        .parent()
+        .expect("target dir")
+        .join("examples/device_client");
+    assert!(
+        exe.exists(),
+        "{} is missing: run `cargo build --example device_client` (./scripts/test.sh does)",
+        exe.display()
+    );
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args([issuer, client_id, scope])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(secret) = secret {
+        cmd.env("DEVICE_CLIENT_SECRET", secret);
+    }
+    let mut child = cmd.spawn().expect("run the demo client");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut url = None;
+    let mut before = String::new();
+    while let Some(line) = lines.next_line().await.expect("read") {
+        if let Some(u) = line.trim().strip_prefix("(or open ") {
+            url = u.strip_suffix(" directly)").map(str::to_string);
+            break;
+        }
+        before.push_str(&line);
+        before.push('\n');
+    }
+    let url =
+        url.unwrap_or_else(|| panic!("the client printed no verification_uri_complete: {before}"));
+    let mut args = json!({"url": url, "action": "approve"});
+    if let (Some(a), Some(extra)) = (args.as_object_mut(), browser_args.as_object()) {
+        a.extend(extra.clone());
+    }
+    let report = browser(args).await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    let mut rest = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the client did not finish: {rest}");
+    assert!(rest.contains("Approved. Tokens received"), "{rest}");
+    assert!(child.wait().await.expect("wait").success(), "{rest}");
+    rest
 }

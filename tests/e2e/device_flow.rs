@@ -170,7 +170,8 @@ async fn confidential_client_flow_uses_its_secret_upstream() {
     assert_eq!(s(&id_token_claims(s(&tokens["id_token"]))["sub"]), "bob");
     // Scope omitted: the client's allowed scopes were requested.
     assert!(s(&tokens["scope"]).contains("profile"), "{tokens}");
-    assert!(tokens.get("refresh_token").is_none());
+    assert!(s(&tokens["scope"]).contains("offline_access"), "{tokens}");
+    assert!(tokens.get("refresh_token").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,54 +732,23 @@ async fn pass_through_keeps_requests_intact() {
     assert_eq!(resp.status(), 418);
 }
 
-/// The demo's device client (`examples/device_client.rs`), as `scripts/demo.sh` runs it, with a
-/// confidential client: it must authenticate, find everything by discovery and print tokens.
+/// The demo's device client (`examples/device_client.rs`, on the `openidconnect` crate), as
+/// `scripts/demo.sh` runs it, with a confidential client: it must authenticate, find everything
+/// by discovery, verify the ID token, and refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_device_client_completes_a_login() {
-    // Built by `cargo build --example device_client` (scripts/test.sh does it first; the
-    // binaries `cargo test --all-targets` makes of examples are test harnesses).
-    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_devicegate"))
-        .parent()
-        .unwrap()
-        .join("examples/device_client");
-    assert!(
-        exe.exists(),
-        "{} is missing: run `cargo build --example device_client` (./scripts/test.sh does)",
-        exe.display()
-    );
     let env = Env::start(Options::default()).await;
-    let mut child = tokio::process::Command::new(&exe)
-        .args([env.url.as_str(), "kiosk", "openid profile"])
-        .env("DEVICE_CLIENT_SECRET", crate::common::KIOSK_SECRET)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let mut url = None;
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(u) = line.trim().strip_prefix("(or open ") {
-            url = u.strip_suffix(" directly)").map(str::to_string);
-            break;
-        }
-    }
-    let url = url.expect("the client printed no verification_uri_complete");
-    let report = browser(json!({
-        "name": "demo-client", "url": url, "action": "approve", "username": "dora",
-    }))
+    let out = crate::common::run_demo_client(
+        &env.url,
+        "kiosk",
+        "openid profile offline_access",
+        Some(crate::common::KIOSK_SECRET),
+        json!({"name": "demo-client", "username": "dora"}),
+    )
     .await;
-    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
-    let mut rest = String::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            rest.push_str(&line);
-            rest.push('\n');
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the client did not finish: {rest}");
-    assert!(rest.contains("Approved. Tokens received"), "{rest}");
-    assert!(rest.contains("signed in as: \"dora\""), "{rest}");
-    assert!(child.wait().await.unwrap().success());
+    assert!(
+        out.contains("id_token: verified, signed in as: \"dora\""),
+        "{out}"
+    );
+    assert!(out.contains("Refreshed: a new access token"), "{out}");
 }

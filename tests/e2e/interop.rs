@@ -121,6 +121,31 @@ async fn keycloak_like_idp_es256() {
     flow_with_keycloakish("ES256").await;
 }
 
+/// The Rust `openidconnect` crate's device flow (the demo client) against the second IdP: it
+/// discovers at the issuer's path, verifies the EdDSA-signed ID token with the JWKS (which also
+/// holds an encryption key it must skip), and refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_openidconnect_client_with_the_keycloak_like_idp() {
+    let env = Env::start(Options {
+        idp: Idp::Keycloakish("EdDSA"),
+        ..Options::default()
+    })
+    .await;
+    let out = crate::common::run_demo_client(
+        &format!("{}/realms/demo", env.url),
+        "kiosk",
+        "openid profile offline_access",
+        Some(crate::common::KIOSK_SECRET),
+        json!({"name": "rust-client-keycloakish", "idp_action": "none"}),
+    )
+    .await;
+    assert!(
+        out.contains("id_token: verified, signed in as: \"demo-user\""),
+        "{out}"
+    );
+    assert!(out.contains("Refreshed: a new access token"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keycloak_like_idp_eddsa() {
     flow_with_keycloakish("EdDSA").await;
@@ -227,6 +252,10 @@ async fn request_shapes_of_other_ecosystems() {
             "device:\n",
             "device:\n  extra_authorization_paths: [/oauth2/v1/device]\n",
         )
+        .replace(
+            "    name: Lobby kiosk\n",
+            "    name: Lobby kiosk\n    verification_url: true\n",
+        )
     });
     env.restart_gateway();
     // Oracle-style: response_type=device_code and the secret in the body, at a mirrored path.
@@ -242,8 +271,11 @@ async fn request_shapes_of_other_ecosystems() {
         )
         .await;
     assert_eq!(status, 200, "{dev}");
-    // Google-style clients read verification_url.
+    // Google-style clients read verification_url: sent for the clients configured so, and
+    // only them (serde-based clients such as the Rust oauth2 crate refuse both names at once).
     assert_eq!(dev["verification_url"], dev["verification_uri"]);
+    let plain = env.authorize("tv-app", "openid").await;
+    assert!(plain.get("verification_url").is_none(), "{plain}");
     // Polling with HTTP Basic client authentication (RFC 6749 §2.3.1: form-encoded parts).
     let resp = env
         .http
