@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server openssl python3-pip ca-certificates)
+packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq)
 if [ "$(id -u)" -eq 0 ]; then
   echo "==> apt-get update && apt-get install ${packages[*]}"
   apt-get update -qq
@@ -21,6 +21,7 @@ if [ "$(id -u)" -eq 0 ]; then
       nodejs) command -v node >/dev/null || missing+=(nodejs) ;;
       npm) command -v npm >/dev/null || missing+=(npm) ;;
       python3-pip) python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip) ;;
+      python3-venv) python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv) ;;
       *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
     esac
   done
@@ -44,6 +45,14 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 echo "==> npm ci (test IdPs and browser driver, from tests/idp{,2}/package-lock.json)"
 npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 npm ci --prefix tests/idp2 --no-audit --no-fund --loglevel=error
+
+echo "==> Python device clients (Authlib, oauthlib) in tests/clients/.venv, hash-pinned"
+command -v oidc-gen >/dev/null || fail "oidc-agent not found: apt-get install oidc-agent-cli"
+command -v jq >/dev/null || fail "jq not found: apt-get install jq"
+[ -x tests/clients/.venv/bin/python ] || python3 -m venv tests/clients/.venv \
+  || fail "python3 -m venv failed: apt-get install python3-venv"
+tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --require-hashes \
+  -r tests/clients/requirements.txt
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

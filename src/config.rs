@@ -1332,7 +1332,10 @@ extra: 1
                 .any(|e| e.starts_with("device.authorization_path")),
             "{errs:?}"
         );
-        assert!(errs.iter().any(|e| e.contains("must differ")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.contains("must all differ")),
+            "{errs:?}"
+        );
         let errs = errors(&GOOD.replace("http://localhost:8080/", "ftp://localhost"));
         assert!(errs.iter().any(|e| e.starts_with("public_url")), "{errs:?}");
         assert!(errors("[1, 2]").iter().any(|e| e.contains("mapping")));

@@ -408,15 +408,31 @@ impl Gateway {
 
     /// The client and its credentials, from HTTP Basic (RFC 6749 §2.3.1, `client_secret_basic`)
     /// or the form (`client_id`, and `client_secret` for `client_secret_post`).
-    fn credentials(session: &Session, params: &Params) -> Result<Credentials, OAuthError> {
+    fn credentials(&self, session: &Session, params: &Params) -> Result<Credentials, OAuthError> {
         let Some(header) = Self::header(session, "authorization") else {
             return Ok(Credentials {
                 client_id: params.require("client_id")?.to_string(),
-                secret: params.get("client_secret").map(str::to_string),
+                secrets: params
+                    .get("client_secret")
+                    .map(str::to_string)
+                    .into_iter()
+                    .collect(),
             });
         };
-        let (client_id, secret) = basic_credentials(header)
+        let basic = basic_credentials(header)
             .ok_or_else(|| OAuthError::InvalidClient("malformed HTTP Basic credentials".into()))?;
+        // §2.3.1 form-encodes both parts, but most clients (requests, Authlib, libcurl as
+        // oidc-agent uses it) send them raw: take the decoded id if it is registered, else the
+        // raw one, and accept the secret either way.
+        let client_id = if self.config.clients.contains_key(&basic.id) {
+            basic.id
+        } else {
+            basic.raw_id
+        };
+        let mut secrets = vec![basic.secret];
+        if basic.raw_secret != secrets[0] {
+            secrets.push(basic.raw_secret);
+        }
         if params.get("client_id").is_some_and(|p| p != client_id) {
             return Err(OAuthError::InvalidRequest(
                 "client_id differs from the HTTP Basic user".into(),
@@ -428,10 +444,8 @@ impl Gateway {
                 "send the client secret once: HTTP Basic or client_secret, not both".into(),
             ));
         }
-        Ok(Credentials {
-            client_id,
-            secret: Some(secret).filter(|s| !s.is_empty()),
-        })
+        secrets.retain(|s| !s.is_empty());
+        Ok(Credentials { client_id, secrets })
     }
 
     /// The registered client, authenticated when it has a secret (confidential client).
@@ -443,13 +457,20 @@ impl Gateway {
             .get(&creds.client_id)
             .ok_or_else(|| OAuthError::InvalidClient("unknown client".into()))?;
         if let Some(expected) = &client.client_secret {
-            let presented = creds
-                .secret
-                .as_deref()
-                .ok_or_else(|| OAuthError::InvalidClient("this client must authenticate".into()))?;
-            // Constant time, length included: compare digests, not the secrets.
-            let same = Sha256::digest(presented.as_bytes())
-                .ct_eq(&Sha256::digest(expected.expose().as_bytes()));
+            if creds.secrets.is_empty() {
+                return Err(OAuthError::InvalidClient(
+                    "this client must authenticate".into(),
+                ));
+            }
+            // Constant time, length included: compare digests, not the secrets; every candidate
+            // is compared, so the time does not tell which one matched.
+            let want = Sha256::digest(expected.expose().as_bytes());
+            let same = creds
+                .secrets
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, presented| {
+                    acc | Sha256::digest(presented.as_bytes()).ct_eq(&want)
+                });
             if !bool::from(same) {
                 return Err(OAuthError::InvalidClient(
                     "client authentication failed".into(),
@@ -495,7 +516,7 @@ impl Gateway {
             self.limits
                 .device_request_from(&ip, now)
                 .map_err(&limited)?;
-            let creds = Self::credentials(session, &params)?;
+            let creds = self.credentials(session, &params)?;
             let client = self.authenticate(&creds)?;
             if !client.enabled {
                 return Err(OAuthError::InvalidClient("this client is disabled".into()));
@@ -650,7 +671,7 @@ impl Gateway {
             // Limits come before the store: a flood of polls costs it nothing.
             let limited = Self::rate_limited(true);
             self.limits.poll_from(&ip, now).map_err(&limited)?;
-            let creds = Self::credentials(session, &params)?;
+            let creds = self.credentials(session, &params)?;
             let client = self.authenticate(&creds)?;
             if !client.enabled {
                 // The kill switch also stops delivery of tokens approved before it was set.
@@ -1312,12 +1333,22 @@ fn percent_decode_once(s: &str) -> String {
 /// Client credentials presented with a request.
 struct Credentials {
     client_id: String,
-    secret: Option<String>,
+    /// The secret as presented; for HTTP Basic, form-decoded and (when different) raw.
+    secrets: Vec<String>,
+}
+
+/// The parts of an `Authorization: Basic` header, form-decoded (RFC 6749 §2.3.1) and raw.
+#[derive(Debug, PartialEq, Eq)]
+struct Basic {
+    id: String,
+    raw_id: String,
+    secret: String,
+    raw_secret: String,
 }
 
 /// The client id and secret of an `Authorization: Basic` header (RFC 6749 §2.3.1: both parts
 /// are form-urlencoded before base64).
-fn basic_credentials(header: &str) -> Option<(String, String)> {
+fn basic_credentials(header: &str) -> Option<Basic> {
     let (scheme, creds) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -1331,8 +1362,12 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default()
     };
-    let id = decode(id);
-    (!id.is_empty()).then(|| (id, decode(secret)))
+    (!id.is_empty()).then(|| Basic {
+        id: decode(id),
+        raw_id: id.to_string(),
+        secret: decode(secret),
+        raw_secret: secret.to_string(),
+    })
 }
 
 /// Per-request state.
@@ -1452,9 +1487,11 @@ mod tests {
     #[test]
     fn basic_credentials_are_decoded() {
         let h = format!("Basic {}", STANDARD.encode("tv%3Aapp:s%2Bcret:x"));
+        let b = basic_credentials(&h).unwrap();
+        assert_eq!((b.id.as_str(), b.secret.as_str()), ("tv:app", "s+cret:x"));
         assert_eq!(
-            basic_credentials(&h),
-            Some(("tv:app".to_string(), "s+cret:x".to_string()))
+            (b.raw_id.as_str(), b.raw_secret.as_str()),
+            ("tv%3Aapp", "s%2Bcret:x")
         );
         assert_eq!(basic_credentials("Bearer x"), None);
         assert_eq!(basic_credentials("Basic !!!"), None);
@@ -1462,9 +1499,7 @@ mod tests {
             basic_credentials(&format!("Basic {}", STANDARD.encode(":x"))),
             None
         );
-        assert_eq!(
-            basic_credentials(&format!("Basic {}", STANDARD.encode("tv-app:"))),
-            Some(("tv-app".to_string(), String::new()))
-        );
+        let b = basic_credentials(&format!("Basic {}", STANDARD.encode("tv-app:"))).unwrap();
+        assert_eq!((b.id.as_str(), b.secret.as_str()), ("tv-app", ""));
     }
 }

@@ -17,6 +17,9 @@ use crate::proxy::Gateway;
 /// through `server.upgrade_sock` when it receives SIGQUIT, then drains and exits, so no
 /// connection is refused during the switch.
 pub fn build(config: Config, upgrade: bool) -> Result<Server, String> {
+    if !upgrade {
+        check_addresses_free(&config)?;
+    }
     let config = Arc::new(config);
     let conf = ServerConf {
         threads: config.server.threads,
@@ -52,4 +55,23 @@ pub fn build(config: Config, upgrade: bool) -> Result<Server, String> {
     }
     server.add_service(service);
     Ok(server)
+}
+
+/// Fails when a listening address is taken or not ours. Pingora would retry for half a minute
+/// and then leave a process running that listens on nothing; an operator's supervisor must see
+/// the failure instead. (With `--upgrade` the sockets come from the running gateway.)
+fn check_addresses_free(config: &Config) -> Result<(), String> {
+    let mut addrs = vec![("listen", config.listen)];
+    addrs.extend(
+        config
+            .listen_tls
+            .as_ref()
+            .map(|t| ("listen_tls.listen", t.listen)),
+    );
+    addrs.extend(config.admin_listen.map(|a| ("admin.listen", a)));
+    for (key, addr) in addrs {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
 }

@@ -152,7 +152,7 @@ impl Grant {
             if now.saturating_sub(last) < self.interval {
                 // §3.5: the interval grows by 5 s for this and all later requests, and the clock
                 // restarts, so a client that obeys is never told to slow down again.
-                self.interval += 5;
+                self.interval = crate::device::service::grown_interval(self.interval);
                 self.last_poll = Some(now);
                 return Err(OAuthError::SlowDown {
                     interval: self.interval,

@@ -92,10 +92,15 @@ struct Waiting {
     interval: u64,
 }
 
-/// The instance-local memory of waiting devices, so polls that come faster than their interval
-/// are answered `slow_down` here, with the same growth the grant would apply (§3.5), and cost
-/// the store nothing: a device hammering the token endpoint reaches the store once per
+/// The instance-local memory of waiting devices, so polls that come faster than the configured
+/// interval are answered `slow_down` here, with the same growth the grant would apply (§3.5),
+/// and cost the store nothing: a device hammering the token endpoint reaches the store once per
 /// interval at most.
+///
+/// The gate holds back only polls faster than the *configured* interval, not the grown one:
+/// clients that add less than the 5 s §3.5 asks for after `slow_down` (oidc-agent adds 1 s)
+/// would otherwise be held off forever, even once their tokens are waiting. Polls between the
+/// two reach the grant, which answers `slow_down` itself, or delivers approved tokens at once.
 #[derive(Clone)]
 struct PollGate(moka::sync::Cache<String, Waiting>);
 
@@ -109,14 +114,20 @@ impl PollGate {
         )
     }
 
-    /// `slow_down` (and the grant id) when this device polls again within its interval.
-    fn too_fast(&self, hash: &str, client_id: &str, now: u64) -> Option<(String, OAuthError)> {
+    /// `slow_down` (and the grant id) when this device polls again within `base` seconds.
+    fn too_fast(
+        &self,
+        hash: &str,
+        client_id: &str,
+        base: u64,
+        now: u64,
+    ) -> Option<(String, OAuthError)> {
         let mut w = self.0.get(hash)?;
         // Another client's poll goes to the store, which answers invalid_grant.
-        if w.client_id != client_id || now.saturating_sub(w.last_poll) >= w.interval {
+        if w.client_id != client_id || now.saturating_sub(w.last_poll) >= base {
             return None;
         }
-        w.interval += 5;
+        w.interval = grown_interval(w.interval);
         w.last_poll = now;
         let interval = w.interval;
         let grant_id = w.grant_id.clone();
@@ -124,6 +135,15 @@ impl PollGate {
         Some((grant_id, OAuthError::SlowDown { interval }))
     }
 }
+
+/// The interval after a `slow_down`: 5 s more (§3.5), up to [`MAX_POLL_INTERVAL`].
+pub fn grown_interval(interval: u64) -> u64 {
+    (interval + 5).min(MAX_POLL_INTERVAL.max(interval))
+}
+
+/// The slowest polling `slow_down` asks for: a device that keeps polling too fast is never told
+/// to wait more than a minute between polls.
+pub const MAX_POLL_INTERVAL: u64 = 60;
 
 /// Maps a store failure to what a device is told: a full or unreachable store is temporary.
 fn store_to_oauth(e: StoreError) -> OAuthError {
@@ -241,7 +261,8 @@ impl DeviceService {
         now: u64,
     ) -> (Option<String>, Result<TokenSet, OAuthError>) {
         let hash = code::hash_device_code(device_code);
-        if let Some((grant_id, slow_down)) = self.gate.too_fast(&hash, client_id, now) {
+        let base = self.timing.interval;
+        if let Some((grant_id, slow_down)) = self.gate.too_fast(&hash, client_id, base, now) {
             return (Some(grant_id), Err(slow_down));
         }
         let mut outcome = None;
@@ -466,7 +487,7 @@ mod tests {
         );
         assert_eq!(stored().await, (Some(100), 5));
         // Too fast: slow_down with the §3.5 growth, answered without touching the grant.
-        for (at, interval) in [(101, 10), (102, 15), (110, 20)] {
+        for (at, interval) in [(101, 10), (102, 15), (104, 20)] {
             assert_eq!(
                 svc.poll("tv", &issued.device_code, at).await,
                 Err(OAuthError::SlowDown { interval })
@@ -484,6 +505,47 @@ mod tests {
             Err(OAuthError::AuthorizationPending)
         );
         assert_eq!(stored().await, (Some(130), 5));
+    }
+
+    #[tokio::test]
+    async fn a_client_adding_too_little_after_slow_down_still_gets_its_tokens() {
+        let svc = service(10);
+        let issued = svc
+            .authorize("tv", vec![], Requester::default(), 100)
+            .await
+            .unwrap();
+        let code = &issued.device_code;
+        assert_eq!(
+            svc.poll("tv", code, 100).await,
+            Err(OAuthError::AuthorizationPending)
+        );
+        assert_eq!(
+            svc.poll("tv", code, 101).await,
+            Err(OAuthError::SlowDown { interval: 10 })
+        );
+        let hash = code::hash_device_code(code);
+        let mut tokens = TokenSet::new();
+        tokens.insert("access_token".into(), "AT".into());
+        svc.store
+            .update(Key::DeviceCodeHash(&hash), &mut |g| {
+                g.status = Status::Approved {
+                    tokens: tokens.clone(),
+                    approved_at: 102,
+                    subject: None,
+                };
+            })
+            .await
+            .unwrap();
+        // oidc-agent adds 1 s, not 5, and polls 6 s later: less than the 10 s it was told,
+        // more than the configured 5 s, so the poll reaches the grant and the tokens go out.
+        assert_eq!(svc.poll("tv", code, 107).await.unwrap(), tokens);
+    }
+
+    #[test]
+    fn slow_down_growth_is_capped() {
+        assert_eq!(grown_interval(5), 10);
+        assert_eq!(grown_interval(58), MAX_POLL_INTERVAL);
+        assert_eq!(grown_interval(60), 60);
     }
 
     #[tokio::test]

@@ -256,6 +256,10 @@ async fn request_shapes_of_other_ecosystems() {
             "    name: Lobby kiosk\n",
             "    name: Lobby kiosk\n    verification_url: true\n",
         )
+        .replace(
+            "clients:\n",
+            "clients:\n  - client_id: special\n    client_secret: \"p+ss/w=rd%41\"\n",
+        )
     });
     env.restart_gateway();
     // Oracle-style: response_type=device_code and the secret in the body, at a mirrored path.
@@ -291,6 +295,24 @@ async fn request_shapes_of_other_ecosystems() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(s(&body["error"]), "authorization_pending");
+    // HTTP Basic: RFC 6749 §2.3.1 form-encodes the secret, most clients (requests, Authlib,
+    // libcurl) send it raw; both are accepted, nothing else is.
+    for (secret, status) in [
+        ("p+ss/w=rd%41", 200),
+        ("p%2Bss%2Fw%3Drd%2541", 200),
+        ("p ss/w=rdA", 401),
+        ("p+ss/w=rd", 401),
+    ] {
+        let resp = env
+            .http
+            .post(format!("{}/device/code", env.url))
+            .basic_auth("special", Some(secret))
+            .form(&[("scope", "openid")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{secret}");
+    }
     // The mirrored path is owned like the main one: its disguises are refused, not relayed.
     let (status, _, _) = env
         .post_form("/oauth2/v1/%64evice", &[("client_id", "kiosk")])

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod clients;
 #[path = "../common/mod.rs"]
 mod common;
 mod device_flow;

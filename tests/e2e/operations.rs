@@ -231,3 +231,32 @@ async fn upgrade_with_the_memory_store_answers_in_flight_devices_without_5xx() {
     );
     env.authorize("tv-app", "openid").await;
 }
+
+/// A taken port is a start-up failure a supervisor sees (exit status 1 and the reason), not a
+/// process that runs on listening to nothing.
+#[test]
+fn a_taken_port_fails_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("busy.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\npublic_url: http://127.0.0.1:{port}\nupstream:\n  address: 127.0.0.1:9\n  issuer: http://127.0.0.1:{port}\nclients:\n  - client_id: tv\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_devicegate"))
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("listen: cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    drop(taken);
+}
