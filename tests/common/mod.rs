@@ -938,16 +938,18 @@ pub fn test_certificates(dir: &Path) -> (String, String, String) {
 }
 
 /// Runs the demo client (`examples/device_client.rs`, built by `cargo build --example
-/// device_client`; scripts/test.sh does it first) against `issuer`, approves the code it prints
-/// in the browser (`browser_args` adds to the driver's arguments), and returns what it printed
-/// after the approval. Fails unless it exits successfully.
+/// device_client`; scripts/test.sh does it first) against `issuer` with the scope
+/// `openid profile offline_access`, approves the code it prints in the browser (`browser_args`
+/// adds to the driver's arguments), and checks that it verified an ID token for `subject` and
+/// refreshed. Returns what it printed after the approval.
 pub async fn run_demo_client(
     issuer: &str,
     client_id: &str,
-    scope: &str,
     secret: Option<&str>,
     browser_args: Value,
+    subject: &str,
 ) -> String {
+    let scope = "openid profile offline_access";
     let exe = Path::new(env!("CARGO_BIN_EXE_devicegate"))
         .parent()
         .expect("target dir")
@@ -996,5 +998,8 @@ pub async fn run_demo_client(
     assert!(read.is_ok(), "the client did not finish: {rest}");
     assert!(rest.contains("Approved. Tokens received"), "{rest}");
     assert!(child.wait().await.expect("wait").success(), "{rest}");
+    let verified = format!("id_token: verified, signed in as: \"{subject}\"");
+    assert!(rest.contains(&verified), "{rest}");
+    assert!(rest.contains("Refreshed: a new access token"), "{rest}");
     rest
 }

@@ -738,17 +738,12 @@ async fn pass_through_keeps_requests_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_device_client_completes_a_login() {
     let env = Env::start(Options::default()).await;
-    let out = crate::common::run_demo_client(
+    crate::common::run_demo_client(
         &env.url,
         "kiosk",
-        "openid profile offline_access",
         Some(crate::common::KIOSK_SECRET),
         json!({"name": "demo-client", "username": "dora"}),
+        "dora",
     )
     .await;
-    assert!(
-        out.contains("id_token: verified, signed in as: \"dora\""),
-        "{out}"
-    );
-    assert!(out.contains("Refreshed: a new access token"), "{out}");
 }

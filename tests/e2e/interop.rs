@@ -131,19 +131,14 @@ async fn rust_openidconnect_client_with_the_keycloak_like_idp() {
         ..Options::default()
     })
     .await;
-    let out = crate::common::run_demo_client(
+    crate::common::run_demo_client(
         &format!("{}/realms/demo", env.url),
         "kiosk",
-        "openid profile offline_access",
         Some(crate::common::KIOSK_SECRET),
         json!({"name": "rust-client-keycloakish", "idp_action": "none"}),
+        "demo-user",
     )
     .await;
-    assert!(
-        out.contains("id_token: verified, signed in as: \"demo-user\""),
-        "{out}"
-    );
-    assert!(out.contains("Refreshed: a new access token"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
