@@ -556,7 +556,7 @@ impl Gateway {
         tracing::info!(target: "audit", event = "created", grant = %issued.id, client_id = %client_id, client_ip = %ip);
         let shown = display_user_code(&issued.user_code);
         let verification_uri = self.config.public(&self.config.device.verification_path);
-        let complete = format!("{verification_uri}?user_code={shown}");
+        let complete = self.verification_uri_complete(&issued.user_code);
         let mut body = json!({
             "device_code": issued.device_code,
             "user_code": shown,
@@ -870,6 +870,15 @@ impl Gateway {
         self.send_page(session, 400, html, None).await
     }
 
+    /// `verification_uri_complete` (§3.3.1) for a canonical user code.
+    fn verification_uri_complete(&self, user_code: &str) -> String {
+        format!(
+            "{}?user_code={}",
+            self.config.public(&self.config.device.verification_path),
+            display_user_code(user_code)
+        )
+    }
+
     /// `GET {verification_path}/qr?user_code=…`: an SVG QR code of that code's
     /// `verification_uri_complete`, for devices that can show an image but cannot draw a QR
     /// code. It only encodes a URL built from a well-formed code (no store lookup), so it tells
@@ -889,12 +898,7 @@ impl Gateway {
             let e = OAuthError::InvalidRequest("user_code is missing or malformed".into());
             return self.send_oauth_error(session, &e).await;
         };
-        let uri = format!(
-            "{}?user_code={}",
-            self.config.public(&self.config.device.verification_path),
-            display_user_code(&code)
-        );
-        let Some(svg) = pages::qr::svg(&uri) else {
+        let Some(svg) = pages::qr::svg(&self.verification_uri_complete(&code)) else {
             let e =
                 OAuthError::InvalidRequest("the verification URI is too long for a QR code".into());
             return self.send_oauth_error(session, &e).await;
