@@ -5,7 +5,6 @@
 //! [`OAuthError::status`] decides the HTTP status and [`OAuthError::to_json`] the body, so the
 //! HTTP glue never makes up an error body of its own.
 
-use serde_json::json;
 
 /// An OAuth 2.0 error answered to a device client as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,15 +119,25 @@ impl OAuthError {
 
     /// The RFC 6749 §5.2 JSON body.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut body = json!({ "error": self.code() });
-        if let Some(d) = self.description().filter(|d| !d.is_empty()) {
-            body["error_description"] = json!(d);
+        /// The body, in the order RFC 6749 §5.2 lists the fields.
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error_description: Option<&'a str>,
+            /// Extension field (as GitHub does): clients need not track the growth themselves.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            interval: Option<u64>,
         }
-        if let Self::SlowDown { interval } = self {
-            // Extension field (as GitHub does): clients need not track the growth themselves.
-            body["interval"] = json!(interval);
-        }
-        body.to_string().into_bytes()
+        let body = Body {
+            error: self.code(),
+            error_description: self.description().filter(|d| !d.is_empty()),
+            interval: match self {
+                Self::SlowDown { interval } => Some(*interval),
+                _ => None,
+            },
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     /// Seconds a client should wait before trying again (`Retry-After`), when that is known.

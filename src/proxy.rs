@@ -9,6 +9,7 @@
 //! Handlers never panic and never answer 5xx for bad input: API endpoints answer RFC 6749 JSON
 //! errors ([`OAuthError`]), browser endpoints answer readable pages ([`Message`]).
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -22,7 +23,6 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
@@ -70,6 +70,8 @@ pub struct Gateway {
     /// With its own origin (public_url ≠ the issuer's origin): the gateway's origin, put in
     /// discovery's `token_endpoint`, and the IdP's authority, sent as `Host` upstream.
     own_origin: Option<(String, String)>,
+    /// `X-Forwarded-Proto` for pass-through requests: public_url's scheme, built once.
+    forwarded_proto: http::HeaderValue,
     /// The CSP `img-src` of pages: this origin plus the configured logos' origins.
     img_src: String,
     /// `{verification_path}/qr`: the QR code image of a user code's verification link.
@@ -182,6 +184,11 @@ impl Gateway {
             secure_cookies,
             img_src,
             qr_path,
+            forwarded_proto: http::HeaderValue::from_static(if config.public_url.scheme() == "https" {
+                "https"
+            } else {
+                "http"
+            }),
             config,
         })
     }
@@ -554,28 +561,36 @@ impl Gateway {
             .with_label_values(&[client_id.as_str(), "issued"])
             .inc();
         tracing::info!(target: "audit", event = "created", grant = %issued.id, client_id = %client_id, client_ip = %ip);
-        let shown = display_user_code(&issued.user_code);
+        /// §3.2, in its order.
+        #[derive(serde::Serialize)]
+        struct Response<'a> {
+            device_code: &'a str,
+            user_code: &'a str,
+            verification_uri: &'a str,
+            verification_uri_complete: &'a str,
+            expires_in: u64,
+            interval: u64,
+            /// Google's name for verification_uri, for clients written against Google only.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            verification_url: Option<&'a str>,
+        }
         let verification_uri = self.config.public(&self.config.device.verification_path);
-        let complete = self.verification_uri_complete(&issued.user_code);
-        let mut body = json!({
-            "device_code": issued.device_code,
-            "user_code": shown,
-            "verification_uri": verification_uri,
-            "verification_uri_complete": complete,
-            "expires_in": issued.expires_in,
-            "interval": issued.interval,
-        });
-        if self
+        let google = self
             .config
             .clients
             .get(&client_id)
-            .is_some_and(|c| c.verification_url)
-        {
-            // Google's name for verification_uri, for clients written against Google only.
-            body["verification_url"] = json!(verification_uri);
-        }
-        self.send_json(session, 200, body.to_string().into_bytes())
-            .await
+            .is_some_and(|c| c.verification_url);
+        let body = Response {
+            device_code: &issued.device_code,
+            user_code: &display_user_code(&issued.user_code),
+            verification_uri: &verification_uri,
+            verification_uri_complete: &self.verification_uri_complete(&issued.user_code),
+            expires_in: issued.expires_in,
+            interval: issued.interval,
+            verification_url: google.then_some(verification_uri.as_str()),
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        self.send_json(session, 200, body).await
     }
 
     async fn method_not_allowed(&self, session: &mut Session, allow: &str) -> Result<bool> {
@@ -1441,18 +1456,19 @@ impl ProxyHttp for Gateway {
         _ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(ip) = Self::client_ip(session) {
-            let xff = match upstream_request
+            let mut xff = match upstream_request
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
             {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
+                Some(prev) => format!("{prev}, "),
+                None => String::with_capacity(15),
             };
+            let _ = write!(xff, "{ip}");
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
         // The gateway is the public origin: the scheme clients used is public_url's.
-        upstream_request.insert_header("X-Forwarded-Proto", self.config.public_url.scheme())?;
+        upstream_request.insert_header("X-Forwarded-Proto", self.forwarded_proto.clone())?;
         if let Some((_, idp_authority)) = &self.own_origin {
             // On its own origin the gateway is not the IdP's public name: ask for the IdP's.
             upstream_request.insert_header("Host", idp_authority)?;

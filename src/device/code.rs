@@ -16,18 +16,15 @@ pub fn random_token(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
-/// A device code: 256 bits from the OS CSPRNG, URL-safe (§5.2: it is a bearer secret until used).
-pub fn new_device_code() -> String {
-    random_token(32)
-}
-
 /// The SHA-256 of a device code, hex. Stores keep only this, so a leaked store does not hand
 /// out live device codes.
 pub fn hash_device_code(device_code: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(device_code.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     out
 }
@@ -38,6 +35,41 @@ pub fn new_user_code() -> String {
     (0..USER_CODE_LEN)
         .map(|_| USER_CODE_ALPHABET[rng.gen_range(0..USER_CODE_ALPHABET.len())] as char)
         .collect()
+}
+
+/// The random parts of a new grant.
+pub struct NewCodes {
+    pub device_code: String,
+    pub id: String,
+    pub user_code: String,
+}
+
+/// Draws a new grant's device code (256 bits, URL-safe: §5.2, it is a bearer secret until
+/// used), id (128 bits) and user code with one read of the OS CSPRNG instead of a dozen (each
+/// `getrandom` is a system call).
+pub fn new_codes() -> NewCodes {
+    let mut buf = [0u8; 32 + 16 + 24];
+    OsRng.fill_bytes(&mut buf);
+    let (device, rest) = buf.split_at(32);
+    let (id, letters) = rest.split_at(16);
+    // Unbiased letters: bytes below 240 (12 × 20) are used mod 20, others skipped; 24 bytes hold
+    // 8 usable ones except with probability ~1e-15, and then the slow path draws afresh.
+    let n = USER_CODE_ALPHABET.len() as u8;
+    let user_code: String = letters
+        .iter()
+        .filter(|b| **b < 240)
+        .take(USER_CODE_LEN)
+        .map(|b| char::from(USER_CODE_ALPHABET[usize::from(b % n)]))
+        .collect();
+    NewCodes {
+        device_code: URL_SAFE_NO_PAD.encode(device),
+        id: URL_SAFE_NO_PAD.encode(id),
+        user_code: if user_code.len() == USER_CODE_LEN {
+            user_code
+        } else {
+            new_user_code()
+        },
+    }
 }
 
 /// The user code as shown to people: `XXXX-XXXX`.
@@ -93,8 +125,8 @@ mod tests {
 
     #[test]
     fn device_codes_are_long_and_url_safe() {
-        let a = new_device_code();
-        let b = new_device_code();
+        let a = new_codes().device_code;
+        let b = new_codes().device_code;
         assert_ne!(a, b);
         assert_eq!(a.len(), 43); // 32 bytes base64url without padding
         assert!(a
@@ -125,6 +157,36 @@ mod tests {
         assert_eq!(normalize_user_code("WDJB-MJHÉ"), None); // non-ASCII
         assert_eq!(normalize_user_code(""), None);
         assert_eq!(normalize_user_code(&"B".repeat(10_000)), None);
+    }
+
+    #[test]
+    fn hash_is_lowercase_hex_sha256() {
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            hash_device_code("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn new_codes_have_every_part_well_formed() {
+        let mut users = HashSet::new();
+        let mut letters = [0usize; 20];
+        for _ in 0..2000 {
+            let c = new_codes();
+            assert_eq!(c.device_code.len(), 43);
+            assert_eq!(c.id.len(), 22);
+            assert_ne!(c.device_code[..22], c.id);
+            assert_eq!(c.user_code.len(), USER_CODE_LEN);
+            for b in c.user_code.bytes() {
+                let i = USER_CODE_ALPHABET.iter().position(|a| *a == b).unwrap();
+                letters[i] += 1;
+            }
+            users.insert(c.user_code);
+        }
+        assert_eq!(users.len(), 2000);
+        // 16 000 letters, 800 expected each: a biased mapping would show here.
+        assert!(letters.iter().all(|n| (650..950).contains(n)), "{letters:?}");
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! The embedded store: three moka caches (grants by id, and two indexes) that expire entries by
-//! themselves. Each grant sits behind its own mutex, so [`Store::update`] is atomic per grant
-//! and never blocks other grants.
+//! The embedded store: one moka cache of grants that expires entries by itself, and two small
+//! indexes (user code, grant id) that lose their entries when moka evicts the grant.
+//!
+//! Memory is what limits a single instance (a million pending grants is a plausible flood), so
+//! a grant is kept compactly: its JSON in one allocation (the same form the Redis store keeps),
+//! and every key is 16 bytes of the SHA-256 of the string it stands for. Each grant sits behind
+//! its own mutex, so [`Store::update`] is atomic per grant and never blocks other grants.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -9,15 +14,61 @@ use std::time::Duration;
 use async_trait::async_trait;
 use moka::future::Cache;
 use rand::{rngs::OsRng, RngCore};
+use sha2::{Digest, Sha256};
 
 use super::grant::Grant;
 use super::store::{Key, Store, StoreError};
 
+/// A fixed-size stand-in for a key string: 128 bits of its SHA-256, so distinct strings never
+/// meet in practice and a key costs 16 bytes whatever its length.
+type Key16 = [u8; 16];
+
+fn key16(s: &str) -> Key16 {
+    let digest = Sha256::digest(s.as_bytes());
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&digest[..16]);
+    k
+}
+
+/// One stored grant.
+struct Slot {
+    user_code: Key16,
+    id: Key16,
+    /// The grant as JSON.
+    json: Mutex<Box<[u8]>>,
+}
+
+impl Slot {
+    fn read(&self) -> Result<Grant, StoreError> {
+        let json = self.json.lock().unwrap_or_else(PoisonError::into_inner);
+        decode(&json)
+    }
+}
+
+fn decode(json: &[u8]) -> Result<Grant, StoreError> {
+    serde_json::from_slice(json)
+        .map_err(|e| StoreError::Unavailable(format!("a stored grant does not parse: {e}")))
+}
+
+fn encode(grant: &Grant) -> Result<Box<[u8]>, StoreError> {
+    serde_json::to_vec(grant)
+        .map(Vec::into_boxed_slice)
+        .map_err(|e| StoreError::Unavailable(format!("a grant does not serialize: {e}")))
+}
+
+/// An index to the grants' primary keys (device-code hashes).
+type Index = Arc<Mutex<HashMap<Key16, Key16>>>;
+
+fn lock(index: &Index) -> std::sync::MutexGuard<'_, HashMap<Key16, Key16>> {
+    index.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// In-process grant storage for a single gateway instance.
 pub struct MemoryStore {
-    grants: Cache<String, Arc<Mutex<Grant>>>,
-    by_user_code: Cache<String, String>,
-    by_device_code: Cache<String, String>,
+    /// Grants by their device-code hash.
+    grants: Cache<Key16, Arc<Slot>>,
+    by_user_code: Index,
+    by_id: Index,
     /// Live grants, kept exactly (moka's own count is eventually consistent).
     live: Arc<AtomicU64>,
     max_pending: u64,
@@ -29,43 +80,53 @@ impl MemoryStore {
     /// A store keeping each grant `retain_for` after it is written, at most `max_pending` at once.
     pub fn new(retain_for: Duration, max_pending: u64) -> Self {
         let live = Arc::new(AtomicU64::new(0));
-        let on_evict = live.clone();
+        let by_user_code = Index::default();
+        let by_id = Index::default();
+        let (on_evict, users, ids) = (live.clone(), by_user_code.clone(), by_id.clone());
         let grants = Cache::builder()
             .time_to_live(retain_for)
-            .eviction_listener(move |_k, _v, _cause| {
+            .eviction_listener(move |key: Arc<Key16>, slot: Arc<Slot>, _cause| {
                 on_evict.fetch_sub(1, Ordering::AcqRel);
+                // Only if they still point here: a user code can be drawn again by a newer grant
+                // once this one expired.
+                for (index, k) in [(&users, slot.user_code), (&ids, slot.id)] {
+                    let mut map = lock(index);
+                    if map.get(&k) == Some(&*key) {
+                        map.remove(&k);
+                    }
+                }
             })
             .build();
-        let index = || Cache::builder().time_to_live(retain_for).build();
         let mut secret = [0u8; 32];
         OsRng.fill_bytes(&mut secret);
         Self {
             secret,
             grants,
-            by_user_code: index(),
-            by_device_code: index(),
+            by_user_code,
+            by_id,
             live,
             max_pending,
         }
     }
 
-    async fn id_for(&self, key: Key<'_>) -> Option<String> {
+    fn primary(&self, key: Key<'_>) -> Option<Key16> {
         match key {
-            Key::Id(id) => Some(id.to_string()),
-            Key::DeviceCodeHash(h) => self.by_device_code.get(h).await,
-            Key::UserCode(c) => self.by_user_code.get(c).await,
+            Key::DeviceCodeHash(h) => Some(key16(h)),
+            Key::Id(id) => lock(&self.by_id).get(&key16(id)).copied(),
+            Key::UserCode(c) => lock(&self.by_user_code).get(&key16(c)).copied(),
         }
     }
 
-    async fn entry(&self, key: Key<'_>) -> Option<Arc<Mutex<Grant>>> {
-        let id = self.id_for(key).await?;
-        self.grants.get(&id).await
+    async fn slot(&self, key: Key<'_>) -> Option<Arc<Slot>> {
+        let primary = self.primary(key)?;
+        self.grants.get(&primary).await
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn insert(&self, grant: &Grant) -> Result<(), StoreError> {
+        let json = encode(grant)?;
         // Reserve a slot first so concurrent inserts cannot overshoot max_pending.
         let reserved = self
             .live
@@ -75,30 +136,35 @@ impl Store for MemoryStore {
         if reserved.is_err() {
             return Err(StoreError::Full);
         }
-        // Claiming the user code is atomic: of two grants drawing the same code, one wins.
-        let claim = self
-            .by_user_code
-            .entry(grant.user_code.clone())
-            .or_insert(grant.id.clone())
-            .await;
-        if !claim.is_fresh() {
-            self.live.fetch_sub(1, Ordering::AcqRel);
-            return Err(StoreError::UserCodeTaken);
+        let primary = key16(&grant.device_code_hash);
+        let slot = Arc::new(Slot {
+            user_code: key16(&grant.user_code),
+            id: key16(&grant.id),
+            json: Mutex::new(json),
+        });
+        {
+            // Claiming the user code is atomic: of two grants drawing the same code, one wins.
+            // A claim whose grant has expired (not yet evicted) is free to take.
+            let mut users = lock(&self.by_user_code);
+            if let Some(holder) = users.get(&slot.user_code) {
+                if self.grants.contains_key(holder) {
+                    drop(users);
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                    return Err(StoreError::UserCodeTaken);
+                }
+            }
+            users.insert(slot.user_code, primary);
         }
-        self.by_device_code
-            .insert(grant.device_code_hash.clone(), grant.id.clone())
-            .await;
-        self.grants
-            .insert(grant.id.clone(), Arc::new(Mutex::new(grant.clone())))
-            .await;
+        lock(&self.by_id).insert(slot.id, primary);
+        self.grants.insert(primary, slot).await;
         Ok(())
     }
 
     async fn get(&self, key: Key<'_>) -> Result<Option<Grant>, StoreError> {
-        Ok(self
-            .entry(key)
-            .await
-            .map(|g| g.lock().unwrap_or_else(PoisonError::into_inner).clone()))
+        match self.slot(key).await {
+            Some(slot) => slot.read().map(Some),
+            None => Ok(None),
+        }
     }
 
     async fn update(
@@ -106,11 +172,13 @@ impl Store for MemoryStore {
         key: Key<'_>,
         change: &mut (dyn for<'g> FnMut(&'g mut Grant) + Send),
     ) -> Result<bool, StoreError> {
-        let Some(entry) = self.entry(key).await else {
+        let Some(slot) = self.slot(key).await else {
             return Ok(false);
         };
-        let mut grant = entry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut json = slot.json.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut grant = decode(&json)?;
         change(&mut grant);
+        *json = encode(&grant)?;
         Ok(true)
     }
 
@@ -142,7 +210,7 @@ mod tests {
         assert_eq!(store.get(Key::UserCode(&g.user_code)).await.unwrap(), None);
         store.grants.run_pending_tasks().await;
         assert_eq!(store.count().await.unwrap(), 0);
-        store.by_user_code.run_pending_tasks().await;
+        assert!(lock(&store.by_user_code).is_empty() && lock(&store.by_id).is_empty());
         store.insert(&g).await.unwrap();
     }
 }

@@ -207,11 +207,15 @@ impl DeviceService {
         requester: Requester,
         now: u64,
     ) -> Result<Issued, OAuthError> {
-        let device_code = code::new_device_code();
+        let code::NewCodes {
+            device_code,
+            id,
+            user_code,
+        } = code::new_codes();
         let mut grant = Grant {
-            id: code::random_token(16),
+            id,
             device_code_hash: code::hash_device_code(&device_code),
-            user_code: code::new_user_code(),
+            user_code,
             client_id: client_id.to_string(),
             scopes,
             requester_ip: requester.ip,
