@@ -2,7 +2,7 @@
 //! (§3.4, §3.5), and the browser side's approve / deny / callback transitions. Each takes `now`
 //! (seconds since the Unix epoch) so tests drive time by hand.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::code;
@@ -101,8 +101,10 @@ struct Waiting {
 /// clients that add less than the 5 s §3.5 asks for after `slow_down` (oidc-agent adds 1 s)
 /// would otherwise be held off forever, even once their tokens are waiting. Polls between the
 /// two reach the grant, which answers `slow_down` itself, or delivers approved tokens at once.
+///
+/// Entries are shared and changed in place, so a held-back poll allocates nothing.
 #[derive(Clone)]
-struct PollGate(moka::sync::Cache<String, Waiting>);
+struct PollGate(moka::sync::Cache<String, Arc<Mutex<Waiting>>>);
 
 impl PollGate {
     fn new(capacity: u64, ttl: Duration) -> Self {
@@ -122,17 +124,28 @@ impl PollGate {
         base: u64,
         now: u64,
     ) -> Option<(String, OAuthError)> {
-        let mut w = self.0.get(hash)?;
+        let entry = self.0.get(hash)?;
+        let mut w = entry.lock().unwrap_or_else(PoisonError::into_inner);
         // Another client's poll goes to the store, which answers invalid_grant.
         if w.client_id != client_id || now.saturating_sub(w.last_poll) >= base {
             return None;
         }
         w.interval = grown_interval(w.interval);
         w.last_poll = now;
-        let interval = w.interval;
-        let grant_id = w.grant_id.clone();
-        self.0.insert(hash.to_string(), w);
-        Some((grant_id, OAuthError::SlowDown { interval }))
+        Some((
+            w.grant_id.clone(),
+            OAuthError::SlowDown {
+                interval: w.interval,
+            },
+        ))
+    }
+
+    /// Remembers what the store told a waiting device.
+    fn waiting(&self, hash: String, w: Waiting) {
+        match self.0.get(&hash) {
+            Some(entry) => *entry.lock().unwrap_or_else(PoisonError::into_inner) = w,
+            None => self.0.insert(hash, Arc::new(Mutex::new(w))),
+        }
     }
 }
 
@@ -289,7 +302,7 @@ impl DeviceService {
         };
         match (&result, &grant_id) {
             (Err(OAuthError::AuthorizationPending | OAuthError::SlowDown { .. }), Some(id)) => {
-                self.gate.0.insert(
+                self.gate.waiting(
                     hash,
                     Waiting {
                         grant_id: id.clone(),
