@@ -5,7 +5,6 @@
 //! [`OAuthError::status`] decides the HTTP status and [`OAuthError::to_json`] the body, so the
 //! HTTP glue never makes up an error body of its own.
 
-
 /// An OAuth 2.0 error answered to a device client as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OAuthError {

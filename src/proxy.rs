@@ -184,11 +184,13 @@ impl Gateway {
             secure_cookies,
             img_src,
             qr_path,
-            forwarded_proto: http::HeaderValue::from_static(if config.public_url.scheme() == "https" {
-                "https"
-            } else {
-                "http"
-            }),
+            forwarded_proto: http::HeaderValue::from_static(
+                if config.public_url.scheme() == "https" {
+                    "https"
+                } else {
+                    "http"
+                },
+            ),
             config,
         })
     }

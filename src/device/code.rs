@@ -186,7 +186,10 @@ mod tests {
         }
         assert_eq!(users.len(), 2000);
         // 16 000 letters, 800 expected each: a biased mapping would show here.
-        assert!(letters.iter().all(|n| (650..950).contains(n)), "{letters:?}");
+        assert!(
+            letters.iter().all(|n| (650..950).contains(n)),
+            "{letters:?}"
+        );
     }
 
     #[test]
