@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use moka::future::Cache;
 use rand::{rngs::OsRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -19,14 +20,38 @@ use sha2::{Digest, Sha256};
 use super::grant::Grant;
 use super::store::{Key, Store, StoreError};
 
-/// A fixed-size stand-in for a key string: 128 bits of its SHA-256, so distinct strings never
-/// meet in practice and a key costs 16 bytes whatever its length.
+/// A fixed-size stand-in for a key string, 16 bytes whatever its length. The keys the gateway
+/// makes are random already and are used as they are: a device-code hash (hex SHA-256) gives
+/// its first 16 bytes, a grant id (base64url of 16 random bytes) its bytes, a user code (8
+/// letters) its letters. Any other string (tests) is replaced by 128 bits of its SHA-256. The
+/// first byte tells the forms apart, so they cannot meet.
 type Key16 = [u8; 16];
 
 fn key16(s: &str) -> Key16 {
-    let digest = Sha256::digest(s.as_bytes());
     let mut k = [0u8; 16];
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        k[0] = 1;
+        for (i, pair) in s.as_bytes()[..30].chunks(2).enumerate() {
+            let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            k[i + 1] = hex(pair[0]) << 4 | hex(pair[1]);
+        }
+        return k;
+    }
+    if s.len() == 22 {
+        if let Ok(raw) = URL_SAFE_NO_PAD.decode(s) {
+            k[0] = 2;
+            k[1..].copy_from_slice(&raw[..15]);
+            return k;
+        }
+    }
+    if s.len() == 8 {
+        k[0] = 3;
+        k[1..9].copy_from_slice(s.as_bytes());
+        return k;
+    }
+    let digest = Sha256::digest(s.as_bytes());
     k.copy_from_slice(&digest[..16]);
+    k[0] = 0;
     k
 }
 
@@ -193,6 +218,29 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_of_the_gateways_own_codes_are_their_bytes_and_never_meet() {
+        let hash = crate::device::code::hash_device_code("dc");
+        let codes = crate::device::code::new_codes();
+        let keys = [
+            key16(&hash),
+            key16(&codes.id),
+            key16(&codes.user_code),
+            key16("hash1"),
+        ];
+        assert_eq!(keys[0][0], 1);
+        assert_eq!(keys[1][0], 2);
+        assert_eq!(keys[2][0], 3);
+        assert_eq!(keys[3][0], 0);
+        assert_eq!(&keys[2][1..9], codes.user_code.as_bytes());
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), 4);
+        assert_ne!(
+            key16(&hash),
+            key16(&crate::device::code::hash_device_code("dd"))
+        );
+    }
+
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
