@@ -439,6 +439,10 @@ enum Mode {
         /// Processes whose CPU time (utime + stime) during the measured window is reported.
         #[arg(long)]
         cpu_pid: Vec<u32>,
+        /// A shell command to run once the grants exist, before polling starts (e.g. to switch
+        /// a profiler on: `callgrind_control -i on`).
+        #[arg(long)]
+        after_create: Option<String>,
     },
     /// Complete device flows, approved over plain HTTP through the real IdP.
     E2e {
@@ -497,6 +501,7 @@ fn main() {
                 margin_ms,
                 default_interval,
                 cpu_pid,
+                after_create,
             } => {
                 let p = PollPlan {
                     url,
@@ -512,6 +517,7 @@ fn main() {
                     margin_ms,
                     default_interval,
                     cpu_pids: cpu_pid,
+                    after_create,
                 };
                 run_poll(p).await
             }
@@ -625,6 +631,7 @@ struct PollPlan {
     margin_ms: u64,
     default_interval: u64,
     cpu_pids: Vec<u32>,
+    after_create: Option<String>,
 }
 
 /// utime + stime of a process (all its threads), in clock ticks (USER_HZ = 100 on Linux).
@@ -680,6 +687,13 @@ async fn run_poll(p: PollPlan) -> Value {
         codes.len(),
         p.margin_ms
     );
+    if let Some(cmd) = &p.after_create {
+        let status = std::process::Command::new("sh").arg("-c").arg(cmd).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "--after-create failed: {cmd}"
+        );
+    }
     let period = Duration::from_secs(interval) + Duration::from_millis(p.margin_ms);
     let t0 = Instant::now() + Duration::from_millis(200);
     let measure_from = t0 + Duration::from_secs_f64(p.warmup);

@@ -6,6 +6,11 @@
 //   IDP_ISSUER   issuer URL (the gateway's public URL), e.g. http://localhost:8080
 //   IDP_PORT     port to listen on at 127.0.0.1 (0 = any free port)
 //   IDP_CLIENTS  JSON list of {client_id, client_secret?, redirect_uris}
+//   IDP_DEVICE_FLOW  "1" turns on oidc-provider's own device flow (features.deviceFlow, endpoint
+//                /device/auth) and lets every client use the device_code grant, with a larger
+//                in-memory store (the default one keeps only 1000 entries, ~500 pending device
+//                codes). Only the benchmarks use it (benches/, as the peer devicegate is compared
+//                with); unset, the IdP behaves as the tests and the demo expect: no device flow.
 //
 // Prints one line `IDP_READY <port>` when it listens. Any user name and password log in
 // (oidc-provider's development login pages).
@@ -17,13 +22,24 @@ if (!issuer) {
   process.exit(2);
 }
 const port = Number(process.env.IDP_PORT || 0);
+const deviceFlow = process.env.IDP_DEVICE_FLOW === '1';
+// oidc-provider's own memory adapter over a store with room for 2M entries instead of 1000 (a
+// pending device code takes two: the code and its user-code index). Loaded only with
+// IDP_DEVICE_FLOW=1, so the tests never depend on these internal module paths.
+async function bigMemoryAdapter() {
+  const { default: MemoryAdapter } = await import('oidc-provider/lib/adapters/memory_adapter.js');
+  const { default: LRU } = await import('oidc-provider/lib/helpers/lru.js');
+  const store = new LRU({ maxSize: 2_000_000 });
+  return (model) => new MemoryAdapter(model, store);
+}
 const clients = JSON.parse(process.env.IDP_CLIENTS || '[]').map((c) => ({
   client_id: c.client_id,
   ...(c.client_secret
     ? { client_secret: c.client_secret, token_endpoint_auth_method: 'client_secret_basic' }
     : { token_endpoint_auth_method: 'none' }),
   redirect_uris: c.redirect_uris,
-  grant_types: ['authorization_code', 'refresh_token'],
+  grant_types: ['authorization_code', 'refresh_token',
+    ...(deviceFlow ? ['urn:ietf:params:oauth:grant-type:device_code'] : [])],
   response_types: ['code'],
 }));
 
@@ -36,7 +52,8 @@ const provider = new Provider(issuer, {
     email: ['email', 'email_verified'],
   },
   scopes: ['openid', 'offline_access', 'profile', 'email'],
-  features: { devInteractions: { enabled: true } },
+  features: { devInteractions: { enabled: true }, deviceFlow: { enabled: deviceFlow } },
+  ...(deviceFlow ? { adapter: await bigMemoryAdapter() } : {}),
   pkce: { required: () => true },
   async findAccount(ctx, sub) {
     return {
