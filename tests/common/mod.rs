@@ -467,6 +467,23 @@ impl Gate {
         body
     }
 
+    /// A refresh-token grant (RFC 6749 §6) of a public client at `token_path`, through the
+    /// gateway (which passes it to the IdP).
+    pub async fn refresh(
+        &self,
+        token_path: &str,
+        client_id: &str,
+        refresh_token: &str,
+    ) -> (u16, Value) {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ];
+        let (status, _, body) = self.post_form(token_path, &form).await;
+        (status, body)
+    }
+
     /// One device-code poll at the IdP's token endpoint (through the gateway).
     pub async fn poll(&self, client_id: &str, device_code: &str) -> (u16, Value) {
         let mut form = vec![

@@ -108,15 +108,8 @@ async fn approve_flow_delivers_tokens_once_and_refresh_passes_through() {
     assert_eq!(s(&me["name"]), "User alice");
     let jwks = env.http.get(s(&disc["jwks_uri"])).send().await.unwrap();
     assert_eq!(jwks.status(), 200);
-    let (status, _, refreshed) = env
-        .post_form(
-            "/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", s(&tokens["refresh_token"])),
-                ("client_id", "tv-app"),
-            ],
-        )
+    let (status, refreshed) = env
+        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
         .await;
     assert_eq!(status, 200, "{refreshed}");
     assert!(!s(&refreshed["access_token"]).is_empty());

@@ -97,15 +97,8 @@ async fn flow_with_keycloakish(alg: &'static str) {
     let (status, _, again) = poll(s(&dev["device_code"]).to_string()).await;
     assert_eq!((status, s(&again["error"])), (400, "invalid_grant"));
 
-    let (status, _, refreshed) = env
-        .post_form(
-            &token_path,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", s(&tokens["refresh_token"])),
-                ("client_id", "tv-app"),
-            ],
-        )
+    let (status, refreshed) = env
+        .refresh(&token_path, "tv-app", s(&tokens["refresh_token"]))
         .await;
     assert_eq!(status, 200, "{refreshed}");
     assert_ne!(refreshed["access_token"], tokens["access_token"]);
@@ -217,15 +210,8 @@ async fn gateway_on_its_own_origin() {
     assert_eq!(status, 200, "{tokens}");
     assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
     // Refresh and userinfo through the gateway reach the IdP under its own name (Host).
-    let (status, _, refreshed) = env
-        .post_form(
-            "/token",
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", s(&tokens["refresh_token"])),
-                ("client_id", "tv-app"),
-            ],
-        )
+    let (status, refreshed) = env
+        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
         .await;
     assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
     let me = env
