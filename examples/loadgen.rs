@@ -403,47 +403,7 @@ enum Mode {
         expect: u16,
     },
     /// Many pending device grants, each polled at its interval.
-    Poll {
-        #[arg(long)]
-        url: String,
-        /// Device authorization endpoint (devicegate: /device/code, oidc-provider: /device/auth).
-        #[arg(long, default_value = "/device/code")]
-        device_path: String,
-        #[arg(long, default_value = "/token")]
-        token_path: String,
-        #[arg(long, default_value = "tv-app")]
-        client_id: String,
-        #[arg(long, default_value = "openid")]
-        scope: String,
-        #[arg(long, default_value_t = 10_000)]
-        grants: usize,
-        /// Connections the polls share.
-        #[arg(long, default_value_t = 100)]
-        connections: usize,
-        /// Connections that create the grants.
-        #[arg(long, default_value_t = 32)]
-        create_concurrency: usize,
-        /// Seconds of polling, warm-up included.
-        #[arg(long, default_value_t = 20.0)]
-        duration: f64,
-        /// Seconds of polling left out of the figures (connections opening, JIT warming).
-        #[arg(long, default_value_t = 5.0)]
-        warmup: f64,
-        /// Poll this many milliseconds after the interval, so timer jitter never makes a poll
-        /// early (a device must wait at least `interval` seconds, RFC 8628 §3.5).
-        #[arg(long, default_value_t = 100)]
-        margin_ms: u64,
-        /// Used when the device authorization answer has no `interval` (RFC 8628 default: 5).
-        #[arg(long, default_value_t = 5)]
-        default_interval: u64,
-        /// Processes whose CPU time (utime + stime) during the measured window is reported.
-        #[arg(long)]
-        cpu_pid: Vec<u32>,
-        /// A shell command to run once the grants exist, before polling starts (e.g. to switch
-        /// a profiler on: `callgrind_control -i on`).
-        #[arg(long)]
-        after_create: Option<String>,
-    },
+    Poll(PollPlan),
     /// Complete device flows, approved over plain HTTP through the real IdP.
     E2e {
         #[arg(long)]
@@ -487,40 +447,7 @@ fn main() {
                 let req = request(&method, &host, &path, headers, &body);
                 run_http(addr, req, concurrency, duration, requests, expect).await
             }
-            Mode::Poll {
-                url,
-                device_path,
-                token_path,
-                client_id,
-                scope,
-                grants,
-                connections,
-                create_concurrency,
-                duration,
-                warmup,
-                margin_ms,
-                default_interval,
-                cpu_pid,
-                after_create,
-            } => {
-                let p = PollPlan {
-                    url,
-                    device_path,
-                    token_path,
-                    client_id,
-                    scope,
-                    grants,
-                    connections,
-                    create_concurrency,
-                    duration,
-                    warmup,
-                    margin_ms,
-                    default_interval,
-                    cpu_pids: cpu_pid,
-                    after_create,
-                };
-                run_poll(p).await
-            }
+            Mode::Poll(p) => run_poll(p).await,
             Mode::E2e {
                 url,
                 client_id,
@@ -617,20 +544,46 @@ async fn run_http(
 // ---------------------------------------------------------------------------------------------
 // `poll`: pending grants polled at their interval.
 
+#[derive(clap::Args)]
 struct PollPlan {
+    #[arg(long)]
     url: String,
+    /// Device authorization endpoint (devicegate: /device/code, oidc-provider: /device/auth).
+    #[arg(long, default_value = "/device/code")]
     device_path: String,
+    #[arg(long, default_value = "/token")]
     token_path: String,
+    #[arg(long, default_value = "tv-app")]
     client_id: String,
+    #[arg(long, default_value = "openid")]
     scope: String,
+    #[arg(long, default_value_t = 10_000)]
     grants: usize,
+    /// Connections the polls share.
+    #[arg(long, default_value_t = 100)]
     connections: usize,
+    /// Connections that create the grants.
+    #[arg(long, default_value_t = 32)]
     create_concurrency: usize,
+    /// Seconds of polling, warm-up included.
+    #[arg(long, default_value_t = 20.0)]
     duration: f64,
+    /// Seconds of polling left out of the figures (connections opening, JIT warming).
+    #[arg(long, default_value_t = 5.0)]
     warmup: f64,
+    /// Poll this many milliseconds after the interval, so timer jitter never makes a poll
+    /// early (a device must wait at least `interval` seconds, RFC 8628 §3.5).
+    #[arg(long, default_value_t = 100)]
     margin_ms: u64,
+    /// Used when the device authorization answer has no `interval` (RFC 8628 default: 5).
+    #[arg(long, default_value_t = 5)]
     default_interval: u64,
+    /// Processes whose CPU time (utime + stime) during the measured window is reported.
+    #[arg(long = "cpu-pid")]
     cpu_pids: Vec<u32>,
+    /// A shell command to run once the grants exist, before polling starts (e.g. to switch
+    /// a profiler on: `callgrind_control -i on`).
+    #[arg(long)]
     after_create: Option<String>,
 }
 
