@@ -278,16 +278,18 @@ impl Gateway {
         sources.join(" ")
     }
 
+    /// A page rendered in `t`'s language.
     async fn send_page(
         &self,
         session: &mut Session,
+        t: &Catalog,
         status: u16,
         html: String,
         extra: Option<(&'static str, String)>,
     ) -> Result<bool> {
         let mut headers = security_headers(&self.form_action(), &self.img_src);
         headers.push(("Content-Type", "text/html; charset=utf-8".into()));
-        headers.push(("Content-Language", self.lang(session).lang.clone()));
+        headers.push(("Content-Language", t.lang.clone()));
         headers.push(("Vary", "Accept-Language".into()));
         headers.extend(extra);
         self.send(session, status, headers, html.into_bytes()).await
@@ -309,7 +311,7 @@ impl Gateway {
         let html = self
             .pages
             .message(t, m, &self.config.device.verification_path);
-        self.send_page(session, status, html, extra).await
+        self.send_page(session, t, status, html, extra).await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -884,7 +886,7 @@ impl Gateway {
         let html = self
             .pages
             .enter(t, &self.config.device.verification_path, typed, Some(error));
-        self.send_page(session, 400, html, None).await
+        self.send_page(session, t, 400, html, None).await
     }
 
     /// `verification_uri_complete` (§3.3.1) for a canonical user code.
@@ -969,9 +971,10 @@ impl Gateway {
             let shown = normalize_user_code(typed)
                 .map(|c| display_user_code(&c))
                 .unwrap_or_else(|| typed.chars().take(20).collect());
-            let html = self.pages.enter(self.lang(session), &action, &shown, None);
+            let t = self.lang(session);
+            let html = self.pages.enter(t, &action, &shown, None);
             return self
-                .send_page(session, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
+                .send_page(session, t, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
                 .await;
         }
         if method != Method::POST {
@@ -1064,7 +1067,7 @@ impl Gateway {
                         csrf: &csrf,
                     },
                 );
-                self.send_page(session, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
+                self.send_page(session, t, 200, html, new_cookie.map(|c| ("Set-Cookie", c)))
                     .await
             }
             act @ ("approve" | "deny") => {
