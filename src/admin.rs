@@ -60,11 +60,18 @@ impl ServeHttp for Admin {
             }
             _ => (404, "text/plain", b"not found\n".to_vec()),
         };
+        let len = body.len();
         Response::builder()
             .status(status)
             .header(CONTENT_TYPE, content_type)
-            .header(CONTENT_LENGTH, body.len())
+            .header(CONTENT_LENGTH, len)
             .body(body)
-            .unwrap_or_default()
+            .unwrap_or_else(|e| {
+                // Never an empty 200: say the answer failed.
+                tracing::error!(error = %e, "admin answer not built");
+                let mut failed = Response::new(b"server error\n".to_vec());
+                *failed.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                failed
+            })
     }
 }

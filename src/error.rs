@@ -25,9 +25,6 @@ pub enum OAuthError {
     /// to another client.
     #[error("invalid_grant: {0}")]
     InvalidGrant(String),
-    /// RFC 6749 §5.2 `unsupported_grant_type`.
-    #[error("unsupported_grant_type: {0}")]
-    UnsupportedGrantType(String),
     /// RFC 6749 §3.3 / §5.2 `invalid_scope`: a requested scope is not allowed for the client.
     #[error("invalid_scope: {0}")]
     InvalidScope(String),
@@ -72,7 +69,6 @@ impl OAuthError {
             Self::InvalidRequest(_) | Self::TooLarge { .. } => "invalid_request",
             Self::InvalidClient(_) => "invalid_client",
             Self::InvalidGrant(_) => "invalid_grant",
-            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::AuthorizationPending => "authorization_pending",
             Self::SlowDown { .. } => "slow_down",
@@ -103,7 +99,6 @@ impl OAuthError {
             Self::InvalidRequest(d)
             | Self::InvalidClient(d)
             | Self::InvalidGrant(d)
-            | Self::UnsupportedGrantType(d)
             | Self::InvalidScope(d)
             | Self::AccessDenied(d)
             | Self::TemporarilyUnavailable(d)
@@ -116,8 +111,9 @@ impl OAuthError {
         }
     }
 
-    /// The RFC 6749 §5.2 JSON body.
-    pub fn to_json(&self) -> Vec<u8> {
+    /// The RFC 6749 §5.2 JSON body, or the serializer's error (answered as a 500 by the
+    /// caller, never as an empty body).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         /// The body, in the order RFC 6749 §5.2 lists the fields.
         #[derive(serde::Serialize)]
         struct Body<'a> {
@@ -136,7 +132,7 @@ impl OAuthError {
                 _ => None,
             },
         };
-        serde_json::to_vec(&body).unwrap_or_default()
+        serde_json::to_vec(&body)
     }
 
     /// Seconds a client should wait before trying again (`Retry-After`), when that is known.
@@ -156,14 +152,15 @@ mod tests {
     #[test]
     fn wire_format() {
         let e = OAuthError::SlowDown { interval: 10 };
-        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json().unwrap()).unwrap();
         assert_eq!(v["error"], "slow_down");
         assert_eq!(v["interval"], 10);
         assert_eq!(e.status(), 400);
         assert_eq!(OAuthError::InvalidClient("x".into()).status(), 401);
         assert_eq!(OAuthError::TemporarilyUnavailable("x".into()).status(), 503);
         let v: serde_json::Value =
-            serde_json::from_slice(&OAuthError::InvalidGrant(String::new()).to_json()).unwrap();
+            serde_json::from_slice(&OAuthError::InvalidGrant(String::new()).to_json().unwrap())
+                .unwrap();
         assert!(v.get("error_description").is_none());
         let limited = OAuthError::RateLimited {
             poll: true,

@@ -1,13 +1,19 @@
 //! devicegate: a Pingora reverse proxy that adds the OAuth 2.0 Device Authorization Grant
 //! (RFC 8628) in front of an existing OpenID Connect provider.
 //!
-//! The map:
+//! The map (dependencies point down this list's layers: `server` → `proxy` → `pages`, `oidc`,
+//! `device`, `limits` → `config`, `clock`, `error`; nothing points back up):
+//! - [`server`]: start-up: the configuration and its pages checked together, then the
+//!   Pingora server.
+//! - [`proxy`]: the Pingora `ProxyHttp` glue: each request classified into one route, one
+//!   handler per endpoint returning a `Reply`, one writer, audit events and metrics derived
+//!   from the replies.
 //! - [`config`]: the YAML file and its validation into [`config::Config`].
+//! - [`clock`]: the injected clock (`Time` values), so tests fix the time.
 //! - [`device`]: the RFC 8628 core (codes, grant state machine, `Store` and its backends), with
 //!   no HTTP in it and time passed in as a parameter.
 //! - [`oidc`]: the back-channel client of the upstream IdP (discovery, code exchange, ID token
 //!   validation).
-//! - [`proxy`]: the Pingora `ProxyHttp` glue: routing, reading bodies, writing responses.
 //! - [`pages`]: the verification pages (escaped templates).
 //! - [`discovery`]: the rewrite of the IdP's discovery documents.
 //! - [`form`]: strict form and query parsing.
@@ -15,9 +21,9 @@
 //!   `/healthz` and `/readyz`.
 //! - [`limits`]: rate limits (user-code brute force, device and token endpoint floods).
 //! - [`error`]: the OAuth error enum and its JSON wire format.
-//! - [`server`]: assembling the Pingora server.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod device;
 pub mod discovery;

@@ -46,6 +46,16 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).init(),
         LogFormat::Text => logs.init(),
     }
+    // The pages are built (and their templates tried) once logging is set up.
+    let prepared = match devicegate::server::with_pages(config) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{}: {} error(s):", args.config.display(), errors.0.len());
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = &prepared.config;
     let bound = config.brute_force_bound();
     if args.check {
         println!("{}: OK", args.config.display());
@@ -65,7 +75,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     tracing::info!(listen = %config.listen, upstream = %config.upstream.address, issuer = %config.upstream.issuer, "starting devicegate");
-    match devicegate::server::build(config, args.upgrade) {
+    match devicegate::server::build(prepared, args.upgrade) {
         Ok(server) => server.run_forever(),
         Err(e) => {
             eprintln!("cannot start: {e}");

@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::config::{Client, Config};
 use crate::device::TokenSet;
+use crate::metrics::Metrics;
 
 /// How long discovery metadata and keys are reused before they are fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(300);
@@ -74,6 +75,8 @@ pub struct RawResponse {
 pub struct Oidc {
     http: reqwest::Client,
     config: Arc<Config>,
+    /// Every back-channel call is timed here, by operation (`discovery`, `token`, `jwks`).
+    metrics: Arc<Metrics>,
     discovery: RwLock<Option<Arc<Discovery>>>,
     /// When discovery was last tried without success being cached.
     last_attempt: std::sync::Mutex<Option<Instant>>,
@@ -89,7 +92,7 @@ pub struct LoginResult {
 }
 
 impl Oidc {
-    pub fn new(config: Arc<Config>) -> Result<Self, UpstreamError> {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
         let up = &config.upstream;
         let mut builder = reqwest::Client::builder();
         if let Some((_, pem)) = &up.ca_file {
@@ -113,6 +116,7 @@ impl Oidc {
         Ok(Self {
             http,
             config,
+            metrics,
             discovery: RwLock::new(None),
             last_attempt: std::sync::Mutex::new(None),
             jwks: RwLock::new(None),
@@ -143,7 +147,25 @@ impl Oidc {
         (target, Some(authority))
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, UpstreamError> {
+    /// Sends one back-channel request and times it as `operation`.
+    async fn send(
+        &self,
+        operation: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<RawResponse, UpstreamError> {
+        let started = Instant::now();
+        let result = self.fetch(req).await;
+        let ok = result.as_ref().is_ok_and(|r| r.status < 500);
+        Metrics::observe(
+            &self.metrics.upstream_seconds,
+            operation,
+            ok,
+            started.elapsed(),
+        );
+        result
+    }
+
+    async fn fetch(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, UpstreamError> {
         let resp = req
             .send()
             .await
@@ -167,14 +189,18 @@ impl Oidc {
         })
     }
 
-    /// GETs a URL on the back channel.
-    pub async fn get(&self, url: &Url) -> Result<RawResponse, UpstreamError> {
+    /// GETs a URL on the back channel, timed as `operation`.
+    pub async fn get(
+        &self,
+        operation: &'static str,
+        url: &Url,
+    ) -> Result<RawResponse, UpstreamError> {
         let (target, host) = self.route(url);
         let mut req = self.http.get(target.as_str());
         if let Some(h) = host {
             req = req.header(http::header::HOST, h);
         }
-        self.send(req).await
+        self.send(operation, req).await
     }
 
     /// The issuer's discovery document URL (OpenID Connect Discovery §4).
@@ -192,7 +218,7 @@ impl Oidc {
             }
         }
         let url = self.discovery_url()?;
-        let resp = self.get(&url).await?;
+        let resp = self.get("discovery", &url).await?;
         if resp.status != 200 {
             return Err(UpstreamError::Invalid(format!(
                 "discovery answered HTTP {}",
@@ -233,7 +259,7 @@ impl Oidc {
             .unwrap_or_default();
         // Exactly (§4.3): ID tokens carry this string in `iss`, and it is compared exactly.
         let want = self.config.upstream.issuer_id.as_str();
-        if issuer != want {
+        if !self.config.upstream.is_issuer(issuer) {
             let hint = if issuer.trim_end_matches('/') == want.trim_end_matches('/') {
                 " (they differ only by the trailing slash: write upstream.issuer exactly as the IdP does)"
             } else {
@@ -357,6 +383,7 @@ impl Oidc {
             .finish();
         let resp = self
             .send(
+                "token",
                 req.header(
                     http::header::CONTENT_TYPE,
                     "application/x-www-form-urlencoded",
@@ -419,7 +446,7 @@ impl Oidc {
             }
         }
         let disc = self.discovery().await?;
-        let resp = self.get(&disc.jwks_uri).await?;
+        let resp = self.get("jwks", &disc.jwks_uri).await?;
         if resp.status != 200 {
             return Err(UpstreamError::Invalid(format!(
                 "JWKS answered HTTP {}",
@@ -672,7 +699,7 @@ mod discovery_tests {
             "listen: 127.0.0.1:8080\npublic_url: {issuer}\nupstream:\n  address: 127.0.0.1:3000\n  issuer: {issuer}\nclients:\n  - client_id: tv\n"
         );
         let config = Config::from_yaml(&yaml, &|_| None).unwrap();
-        Oidc::new(Arc::new(config)).unwrap()
+        Oidc::new(Arc::new(config), Arc::new(Metrics::new().unwrap())).unwrap()
     }
 
     fn doc(issuer: &str, algs: &str) -> Vec<u8> {

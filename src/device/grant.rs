@@ -18,6 +18,15 @@ use subtle::ConstantTimeEq;
 
 use crate::error::OAuthError;
 
+/// The interval after a `slow_down`: 5 s more (§3.5), up to [`MAX_POLL_INTERVAL`].
+pub fn grown_interval(interval: u64) -> u64 {
+    (interval + 5).min(MAX_POLL_INTERVAL.max(interval))
+}
+
+/// The slowest polling `slow_down` asks for: a device that keeps polling too fast is never told
+/// to wait more than a minute between polls.
+pub const MAX_POLL_INTERVAL: u64 = 60;
+
 /// The token response of the upstream IdP, kept as its JSON object so the device gets every
 /// field the IdP sent.
 pub type TokenSet = Map<String, Value>;
@@ -74,17 +83,14 @@ pub struct Login {
     pub state_secret: String,
     pub nonce: String,
     pub pkce_verifier: String,
-    /// SHA-256 of the browser session cookie that started the login: a callback URL replayed
-    /// in another browser cannot approve this device.
+    /// HMAC (keyed with the store's shared secret) of the browser session cookie that started
+    /// the login: a callback URL replayed in another browser cannot approve this device.
     pub browser_binding: String,
-    pub started_at: u64,
 }
 
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login")
-            .field("started_at", &self.started_at)
-            .finish_non_exhaustive()
+        f.debug_struct("Login").finish_non_exhaustive()
     }
 }
 
@@ -152,7 +158,7 @@ impl Grant {
             if now.saturating_sub(last) < self.interval {
                 // §3.5: the interval grows by 5 s for this and all later requests, and the clock
                 // restarts, so a client that obeys is never told to slow down again.
-                self.interval = crate::device::service::grown_interval(self.interval);
+                self.interval = grown_interval(self.interval);
                 self.last_poll = Some(now);
                 return Err(OAuthError::SlowDown {
                     interval: self.interval,
@@ -282,7 +288,6 @@ pub(crate) mod tests {
             nonce: "n".into(),
             pkce_verifier: "v".into(),
             browser_binding: "b".into(),
-            started_at: 0,
         }
     }
 

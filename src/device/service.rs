@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::code;
-use super::grant::{Grant, Login, Refusal, Status, TokenSet};
+use super::grant::{grown_interval, Grant, Login, Refusal, Status, TokenSet};
 use super::store::{Key, Store, StoreError};
+use crate::clock::Time;
 use crate::error::OAuthError;
 
 /// Extra seconds a grant stays stored after it expires, so a late poll learns `expired_token`
@@ -56,6 +57,16 @@ pub struct Issued {
     pub user_code: String,
     pub expires_in: u64,
     pub interval: u64,
+}
+
+/// What one poll found.
+#[derive(Debug)]
+pub struct Polled {
+    /// The grant's id, when the device code named one.
+    pub grant: Option<String>,
+    /// Who approved it, when this poll took the tokens.
+    pub subject: Option<String>,
+    pub result: Result<TokenSet, OAuthError>,
 }
 
 /// Result of the browser side looking up or acting on a grant.
@@ -149,15 +160,6 @@ impl PollGate {
     }
 }
 
-/// The interval after a `slow_down`: 5 s more (§3.5), up to [`MAX_POLL_INTERVAL`].
-pub fn grown_interval(interval: u64) -> u64 {
-    (interval + 5).min(MAX_POLL_INTERVAL.max(interval))
-}
-
-/// The slowest polling `slow_down` asks for: a device that keeps polling too fast is never told
-/// to wait more than a minute between polls.
-pub const MAX_POLL_INTERVAL: u64 = 60;
-
 /// Maps a store failure to what a device is told: a full or unreachable store is temporary.
 fn store_to_oauth(e: StoreError) -> OAuthError {
     match e {
@@ -208,17 +210,15 @@ impl DeviceService {
         }
     }
 
-    pub fn timing(&self) -> Timing {
-        self.timing
-    }
-
-    /// Issues a new grant for an already authenticated client (§3.1, §3.2).
+    /// Issues a new grant for an already authenticated client (§3.1, §3.2). The lifetime counts
+    /// from `now` rounded up to the next whole second, so the device always gets at least the
+    /// `expires_in` it is told.
     pub async fn authorize(
         &self,
         client_id: &str,
         scopes: Vec<String>,
         requester: Requester,
-        now: u64,
+        now: Time,
     ) -> Result<Issued, OAuthError> {
         let code::NewCodes {
             device_code,
@@ -233,8 +233,8 @@ impl DeviceService {
             scopes,
             requester_ip: requester.ip,
             requester_software: requester.software,
-            created_at: now,
-            expires_at: now + self.timing.expires_in,
+            created_at: now.secs(),
+            expires_at: now.secs_ceil() + self.timing.expires_in,
             interval: self.timing.interval,
             last_poll: None,
             status: Status::Pending,
@@ -267,27 +267,32 @@ impl DeviceService {
         device_code: &str,
         now: u64,
     ) -> Result<TokenSet, OAuthError> {
-        self.poll_grant(client_id, device_code, now).await.1
+        self.poll_grant(client_id, device_code, now).await.result
     }
 
-    /// [`Self::poll`], also naming the grant polled when there is one (for the audit log).
-    pub async fn poll_grant(
-        &self,
-        client_id: &str,
-        device_code: &str,
-        now: u64,
-    ) -> (Option<String>, Result<TokenSet, OAuthError>) {
+    /// [`Self::poll`], also naming the grant polled when there is one, and who approved it
+    /// when the tokens are delivered (for the audit log).
+    pub async fn poll_grant(&self, client_id: &str, device_code: &str, now: u64) -> Polled {
         let hash = code::hash_device_code(device_code);
         let base = self.timing.interval;
         if let Some((grant_id, slow_down)) = self.gate.too_fast(&hash, client_id, base, now) {
-            return (Some(grant_id), Err(slow_down));
+            return Polled {
+                grant: Some(grant_id),
+                subject: None,
+                result: Err(slow_down),
+            };
         }
         let mut outcome = None;
         let mut interval = self.timing.interval;
         let mut grant_id = None;
+        let mut subject = None;
         let found = self
             .store
             .update(Key::DeviceCodeHash(&hash), &mut |g| {
+                subject = match &g.status {
+                    Status::Approved { subject, .. } => subject.clone(),
+                    _ => None,
+                };
                 outcome = Some(g.poll(client_id, now));
                 interval = g.interval;
                 grant_id = Some(g.id.clone());
@@ -314,7 +319,11 @@ impl DeviceService {
             }
             _ => self.gate.0.invalidate(&hash),
         }
-        (grant_id, result)
+        Polled {
+            subject: subject.filter(|_| result.is_ok()),
+            grant: grant_id,
+            result,
+        }
     }
 
     /// The grant behind a canonical user code, if the browser may still act on it.
@@ -385,6 +394,7 @@ impl DeviceService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::grant::MAX_POLL_INTERVAL;
     use crate::device::memory::MemoryStore;
 
     fn service(max: u64) -> DeviceService {
@@ -435,7 +445,12 @@ mod tests {
     async fn full_flow_through_the_store() {
         let svc = service(10);
         let issued = svc
-            .authorize("tv", vec!["openid".into()], Requester::default(), 100)
+            .authorize(
+                "tv",
+                vec!["openid".into()],
+                Requester::default(),
+                Time::from_secs(100),
+            )
             .await
             .unwrap();
         assert_eq!(issued.expires_in, 600);
@@ -454,7 +469,6 @@ mod tests {
             nonce: "n".into(),
             pkce_verifier: "v".into(),
             browser_binding: "b".into(),
-            started_at: 111,
         };
         let g = svc
             .begin_login(&issued.user_code, login, 111)
@@ -485,7 +499,7 @@ mod tests {
     async fn polls_faster_than_the_interval_never_reach_the_store() {
         let svc = service(10);
         let issued = svc
-            .authorize("tv", vec![], Requester::default(), 100)
+            .authorize("tv", vec![], Requester::default(), Time::from_secs(100))
             .await
             .unwrap();
         let stored = || async {
@@ -528,7 +542,7 @@ mod tests {
     async fn a_client_adding_too_little_after_slow_down_still_gets_its_tokens() {
         let svc = service(10);
         let issued = svc
-            .authorize("tv", vec![], Requester::default(), 100)
+            .authorize("tv", vec![], Requester::default(), Time::from_secs(100))
             .await
             .unwrap();
         let code = &issued.device_code;
@@ -558,6 +572,39 @@ mod tests {
         assert_eq!(svc.poll("tv", code, 107).await.unwrap(), tokens);
     }
 
+    #[tokio::test]
+    async fn a_grant_lives_at_least_the_lifetime_it_advertised() {
+        let svc = DeviceService::new(
+            Arc::new(MemoryStore::new(Duration::from_secs(900), 10)),
+            Timing {
+                expires_in: 3,
+                interval: 1,
+            },
+            10,
+        );
+        // Issued at 100.9 s: 2.9 s later (103.8 s) the device must still be waiting. Counted from
+        // the creation second cut to 100, it used to expire at 103.0, 2.1 s after issue.
+        let issued = svc
+            .authorize(
+                "tv",
+                vec![],
+                Requester::default(),
+                Time::from_millis(100_900),
+            )
+            .await
+            .unwrap();
+        assert_eq!(issued.expires_in, 3);
+        let at = |ms: u64| Time::from_millis(ms).secs();
+        assert_eq!(
+            svc.poll("tv", &issued.device_code, at(103_800)).await,
+            Err(OAuthError::AuthorizationPending)
+        );
+        assert_eq!(
+            svc.poll("tv", &issued.device_code, at(104_000)).await,
+            Err(OAuthError::ExpiredToken)
+        );
+    }
+
     #[test]
     fn slow_down_growth_is_capped() {
         assert_eq!(grown_interval(5), 10);
@@ -568,11 +615,11 @@ mod tests {
     #[tokio::test]
     async fn full_store_is_temporarily_unavailable() {
         let svc = service(1);
-        svc.authorize("tv", vec![], Requester::default(), 0)
+        svc.authorize("tv", vec![], Requester::default(), Time::from_secs(0))
             .await
             .unwrap();
         let err = svc
-            .authorize("tv", vec![], Requester::default(), 0)
+            .authorize("tv", vec![], Requester::default(), Time::from_secs(0))
             .await
             .unwrap_err();
         assert_eq!(err.status(), 503);

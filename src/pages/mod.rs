@@ -42,12 +42,13 @@ pub enum Message {
     LoginRetry,
     LoginMismatch,
     BadRequest,
+    MethodNotAllowed,
     Unavailable,
     TooManyAttempts,
 }
 
 impl Message {
-    pub const ALL: [Message; 12] = [
+    pub const ALL: [Message; 13] = [
         Self::Approved,
         Self::Denied,
         Self::Expired,
@@ -58,6 +59,7 @@ impl Message {
         Self::LoginRetry,
         Self::LoginMismatch,
         Self::BadRequest,
+        Self::MethodNotAllowed,
         Self::Unavailable,
         Self::TooManyAttempts,
     ];
@@ -75,6 +77,7 @@ impl Message {
             Self::LoginRetry => (502, "login_retry", "error", true),
             Self::LoginMismatch => (400, "login_mismatch", "error", true),
             Self::BadRequest => (400, "bad_request", "error", true),
+            Self::MethodNotAllowed => (405, "method_not_allowed", "error", true),
             Self::TooManyAttempts => (429, "too_many_attempts", "error", false),
             Self::Unavailable => (503, "unavailable", "error", true),
         }
@@ -175,6 +178,13 @@ impl Pages {
             scopes: ui.scopes.clone(),
         };
         pages.try_every_page()?;
+        // Said once per process: start-up builds the pages once, and `--check` once.
+        tracing::info!(
+            templates = TEMPLATES.len(),
+            replaced = ui.templates.len(),
+            languages = pages.catalogs.languages().count(),
+            "verification pages compiled and tried in every language"
+        );
         Ok(pages)
     }
 

@@ -218,7 +218,7 @@ store:
   max_pending: {max_pending}
 {store}{limits}{admin}{log}{tls}{ui}server:
   threads: 2
-  grace_period_seconds: 0
+  grace_period_seconds: 2
   graceful_shutdown_timeout_seconds: 1
   upgrade_sock: {upgrade_sock}
 clients:

@@ -250,7 +250,7 @@ async fn bad_input_gets_the_right_error_never_a_failure() {
         case("page: script in prefill", request("GET", "/device?user_code=%3Cscript%3Ealert(1)%3C%2Fscript%3E", &[], b""), 200, "&lt;script&gt;"),
         case("page: query over the limit", request("GET", &format!("/device?user_code={long}"), &[], b""), 414, "Something is missing"),
         case("callback: no state", request("GET", "/device/callback?code=x", &[], b""), 400, "not valid here"),
-        case("callback: POST", request("POST", "/device/callback", &[], b""), 400, "Something is missing"),
+        case("callback: POST", request("POST", "/device/callback", &[], b""), 405, "Method not allowed"),
         case("callback: state twice", request("GET", "/device/callback?state=a.b&state=c.d", &[], b""), 400, "Something is missing"),
         case("callback: unknown grant", request("GET", "/device/callback?state=nope.nope&code=x", &[], b""), 400, "not valid here"),
         case("discovery: query over the limit", request("GET", &format!("/.well-known/openid-configuration?{long}"), &[], b""), 414, "invalid_request"),

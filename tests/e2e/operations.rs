@@ -125,7 +125,7 @@ async fn readyz_reports_an_unreachable_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_pending_flow_exits_cleanly() {
-    // The fixture's grace: grace_period_seconds 0, graceful_shutdown_timeout_seconds 1.
+    // The fixture's grace: grace_period_seconds 2, graceful_shutdown_timeout_seconds 1.
     let mut env = Env::start(Options::default()).await;
     let dev = env.authorize("tv-app", "openid").await;
     let (_, body) = env.poll("tv-app", s(&dev["device_code"])).await;
@@ -186,7 +186,7 @@ async fn tls_listener_and_a_tls_upstream_with_a_private_ca() {
         std::fs::write(
             &conf,
             format!(
-                "listen: 127.0.0.1:{port}\npublic_url: {url}\nupstream:\n  address: 127.0.0.1:{tls_port}\n  issuer: {url}\n  tls: true\n  token_path: /token\n{ca_line}server:\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\nclients:\n  - client_id: tv-app\n",
+                "listen: 127.0.0.1:{port}\npublic_url: {url}\nupstream:\n  address: 127.0.0.1:{tls_port}\n  issuer: {url}\n  tls: true\n  token_path: /token\n{ca_line}server:\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nclients:\n  - client_id: tv-app\n",
                 url = env.url
             ),
         )
@@ -230,6 +230,19 @@ async fn upgrade_with_the_memory_store_answers_in_flight_devices_without_5xx() {
         "{body}"
     );
     env.authorize("tv-app", "openid").await;
+}
+
+/// Start-up compiles and tries the page templates once (they used to be built twice: once to
+/// check the configuration, once for the gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_are_built_once_at_start_up() {
+    let env = Env::start(Options::default()).await;
+    env.get("/device").await;
+    let log = env.gateway_log();
+    let built = log
+        .matches("verification pages compiled and tried in every language")
+        .count();
+    assert_eq!(built, 1, "{log}");
 }
 
 /// A taken port is a start-up failure a supervisor sees (exit status 1 and the reason), not a

@@ -207,34 +207,40 @@ async fn zero_downtime_upgrade_keeps_pending_grants_and_refuses_no_connection() 
     // close of an idle keep-alive connection is the usual client-retry case of any restart, so
     // this client does not keep connections.)
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hammer = {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
-        let (stop, url) = (stop.clone(), env.url.clone());
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http.get(format!("{url}/jwks")).send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(r.status().to_string()),
-                    Err(e) => failed.push(e.to_string()),
+    // Three clients at once, so connections keep arriving while the old process stops
+    // accepting: one it accepted just before its listener closed must still be answered.
+    let hammers: Vec<_> = (0..3)
+        .map(|_| {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let (stop, url) = (stop.clone(), env.url.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match http.get(format!("{url}/jwks")).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (ok, failed)
+                (ok, failed)
+            })
         })
-    };
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     tokio::task::block_in_place(|| env.upgrade_gateway());
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = hammer.await.unwrap();
-    assert!(
-        ok > 10 && failed.is_empty(),
-        "{ok} ok, failures: {failed:?}"
-    );
+    for hammer in hammers {
+        let (ok, failed) = hammer.await.unwrap();
+        assert!(
+            ok > 10 && failed.is_empty(),
+            "{ok} ok, failures: {failed:?}"
+        );
+    }
 
     // The new process serves the pending grant from Redis, and the flow completes.
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,0 +1,259 @@
+//! The configuration's own tests: every error names its key, and every shipped file validates.
+
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = r#"
+listen: 127.0.0.1:8080
+public_url: http://localhost:8080/
+upstream:
+  address: 127.0.0.1:3000
+  issuer: http://localhost:8080
+clients:
+  - client_id: tv-app
+    name: Living-room TV
+    client_secret: ${TV_APP_SECRET}
+    allowed_scopes: [openid, profile]
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "TV_APP_SECRET").then(|| "s3cret".to_string())
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    match Config::from_yaml(yaml, &env) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn good_config_with_defaults() {
+    let c = Config::from_yaml(GOOD, &env).unwrap();
+    assert_eq!(c.public_url.as_str(), "http://localhost:8080/");
+    assert_eq!(c.upstream.issuer_id, "http://localhost:8080");
+    let slash = GOOD.replace(
+        "issuer: http://localhost:8080",
+        "issuer: https://t.example/",
+    );
+    let c2 = Config::from_yaml(&slash, &env).unwrap();
+    assert_eq!(
+        c2.upstream.issuer_id, "https://t.example/",
+        "kept as written (Auth0)"
+    );
+    assert_eq!(c.public("/device"), "http://localhost:8080/device");
+    assert_eq!(c.device.verification_path, "/device");
+    assert_eq!(c.device.interval, 5);
+    assert_eq!(c.store.max_pending, 1000);
+    assert_eq!(c.limits, Limits::default());
+    // The defaults keep brute force below 1e-3 expected successes a day (README).
+    assert!(c.brute_force_bound() < 1e-3, "{}", c.brute_force_bound());
+    let tv = &c.clients["tv-app"];
+    assert_eq!(
+        tv.client_secret.as_ref().map(Secret::expose),
+        Some("s3cret")
+    );
+    assert!(tv.enabled);
+    // The secret never shows in debug output.
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn every_error_is_reported_with_its_key() {
+    let yaml = r#"
+listen: nowhere
+public_url: localhost:8080
+upstream:
+  address: 127.0.0.1
+  issuer: http://localhost:8080
+  colour: blue
+device:
+  expires_in: 0
+store:
+  backend: etcd
+clients:
+  - client_id: a
+  - client_id: a
+  - client_id: b
+    client_secret: ${MISSING_SECRET}
+extra: 1
+"#;
+    let errs = errors(yaml);
+    let has = |key: &str, text: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(key) && e.contains(text)),
+            "no error for {key} containing '{text}' in {errs:#?}"
+        )
+    };
+    has("listen", "host:port");
+    has("public_url", "scheme");
+    has("upstream", "unknown field `colour`");
+    has("device.expires_in", "between 1");
+    has("store.backend", "etcd");
+    has("clients[1].client_id", "duplicate");
+    has("clients[2].client_secret", "MISSING_SECRET is not set");
+    has("extra", "unknown key");
+}
+
+#[test]
+fn ui_section() {
+    // Rebranding takes three keys.
+    let yaml = format!(
+            "{GOOD}    description: Streams films\n    logo_url: https://cdn.example/tv.png\nui:\n  title: Acme\n  logo_url: /static/logo.svg\n  colors: {{accent: '#8A1538'}}\n  scopes: {{files: Read your files, openid: {{de: Wer Sie sind}}}}\n"
+        );
+    let c = Config::from_yaml(&yaml, &env).unwrap();
+    assert_eq!(c.ui.title.as_deref(), Some("Acme"));
+    assert_eq!(c.ui.colors.accent, "#8a1538");
+    assert_eq!(c.ui.default_language, "en");
+    assert_eq!(
+        c.clients["tv-app"].logo_url.as_deref(),
+        Some("https://cdn.example/tv.png")
+    );
+
+    let bad = format!(
+            "{GOOD}    logo_url: javascript:alert(1)\nui:\n  logo_url: ftp://evil.example/x.png\n  colors: {{accent: '#ffff00', text: red}}\n  default_language: xx\n  colour: blue\n  templates_dir: /nonexistent/dir\n"
+        );
+    let errs = errors(&bad);
+    for key in ["clients[0].logo_url", "ui: unknown field `colour`"] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
+    }
+    // deny_unknown_fields stops at the first unknown key; fix it and see the rest.
+    let errs = errors(&bad.replace("  colour: blue\n", ""));
+    for key in [
+        "ui.logo_url",
+        "ui.colors.accent",
+        "ui.colors.text",
+        "ui.templates_dir",
+    ] {
+        assert!(errs.iter().any(|e| e.starts_with(key)), "{key}: {errs:?}");
+    }
+}
+
+#[test]
+fn bad_addresses_and_paths() {
+    let errs = errors(&GOOD.replace("127.0.0.1:3000", "127.0.0.1:99999"));
+    assert!(
+        errs.iter().any(|e| e.starts_with("upstream.address")),
+        "{errs:?}"
+    );
+    let yaml =
+        format!("{GOOD}device:\n  authorization_path: device/code\n  callback_path: /device\n");
+    let errs = errors(&yaml);
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("device.authorization_path")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("must all differ")),
+        "{errs:?}"
+    );
+    let errs = errors(&GOOD.replace("http://localhost:8080/", "ftp://localhost"));
+    assert!(errs.iter().any(|e| e.starts_with("public_url")), "{errs:?}");
+    assert!(errors("[1, 2]").iter().any(|e| e.contains("mapping")));
+    assert!(errors("listen: [").iter().any(|e| e.contains("YAML")));
+}
+
+#[test]
+fn redis_store() {
+    let yaml = format!(
+            "{GOOD}store:\n  backend: redis\n  redis:\n    url: redis://:${{TV_APP_SECRET}}@127.0.0.1:6379/2\n"
+        );
+    let c = Config::from_yaml(&yaml, &env).unwrap();
+    let Backend::Redis(r) = &c.store.backend else {
+        panic!("not redis: {:?}", c.store.backend)
+    };
+    assert_eq!(r.url.expose(), "redis://:s3cret@127.0.0.1:6379/2");
+    assert_eq!(r.key_prefix, "devicegate:");
+    assert_eq!(r.pool_size, 4);
+    assert_eq!(r.command_timeout, Duration::from_secs(1));
+    // The password in the URL never shows in debug output.
+    assert!(!format!("{c:?}").contains("s3cret"));
+
+    let bad = |store: &str| errors(&format!("{GOOD}store:\n{store}"));
+    let has = |errs: Vec<String>, key: &str, text: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(key) && e.contains(text)),
+            "no error for {key} containing '{text}' in {errs:#?}"
+        );
+        // Errors describe the URL but never repeat its password.
+        assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");
+    };
+    has(bad("  backend: redis\n"), "store.redis.url", "required");
+    has(
+        bad("  backend: memory\n  redis:\n    url: redis://x\n"),
+        "store.redis",
+        "only used with",
+    );
+    has(
+        bad("  backend: redis\n  redis:\n    url: http://:hunter2@x\n"),
+        "store.redis.url",
+        "unsupported scheme 'http'",
+    );
+    has(
+        bad("  backend: redis\n  redis:\n    url: redis://:hunter2@\n"),
+        "store.redis.url",
+        "",
+    );
+    let errs = bad(
+            "  backend: redis\n  redis:\n    url: redis://h\n    key_prefix: ''\n    pool_size: 0\n    command_timeout_ms: 5\n    db: 1\n",
+        );
+    has(errs.clone(), "store", "unknown field `db`");
+    let errs = bad(
+            "  backend: redis\n  redis:\n    url: redis://h\n    key_prefix: ''\n    pool_size: 0\n    command_timeout_ms: 5\n",
+        );
+    has(errs.clone(), "store.redis.key_prefix", "non-empty");
+    has(errs.clone(), "store.redis.pool_size", "between 1 and 64");
+    has(errs, "store.redis.command_timeout_ms", "between 10");
+    let ca = |url: &str, file: &str| {
+        bad(&format!(
+            "  backend: redis\n  redis:\n    url: {url}\n    ca_file: {file}\n"
+        ))
+    };
+    has(
+        ca("redis://h", "/etc/hostname"),
+        "store.redis.ca_file",
+        "only used with a rediss://",
+    );
+    has(
+        ca("rediss://h", "/nonexistent.pem"),
+        "store.redis.ca_file",
+        "cannot read /nonexistent.pem",
+    );
+    has(
+        ca("rediss://h", "/etc/hostname"),
+        "store.redis.ca_file",
+        "no PEM CERTIFICATE",
+    );
+}
+
+#[test]
+fn env_expansion() {
+    let env = |n: &str| (n == "A").then(|| "x".to_string());
+    assert_eq!(env::expand_str("a${A}b", &env).unwrap(), "axb");
+    assert_eq!(env::expand_str("$${A} $5", &env).unwrap(), "${A} $5");
+    assert!(env::expand_str("${B}", &env)
+        .unwrap_err()
+        .contains("B is not set"));
+    assert!(env::expand_str("${A", &env).is_err());
+    assert!(env::expand_str("${1A}", &env).is_err());
+}
+
+#[test]
+fn shipped_configs_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            // Shipped examples take secrets from the environment: give every variable a value.
+            if let Err(e) = Config::from_yaml(&text, &|_| Some("example-secret".into())) {
+                panic!("{} does not validate:\n{e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no config files found in {}", dir.display());
+}

@@ -1,0 +1,116 @@
+//! Browser state on the verification page: the session cookie, CSRF tokens for the consent
+//! form, and the binding of an upstream login to the browser that started it. Tokens and
+//! bindings are HMACs keyed with the store's shared secret, so every instance sharing the
+//! store checks what another one issued.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::OnceCell;
+
+use super::Request;
+use crate::device::service::DeviceService;
+use crate::device::StoreError;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The browser session cookie's settings and the MAC key (fetched on first use, so a Redis
+/// that is down at start-up only delays it).
+pub struct Browsers {
+    mac: OnceCell<HmacSha256>,
+    cookie_name: &'static str,
+    secure: bool,
+    max_age: u64,
+}
+
+impl Browsers {
+    /// `secure`: the public URL is https. `max_age`: how long a grant can be acted on.
+    pub fn new(secure: bool, max_age: u64) -> Self {
+        Self {
+            mac: OnceCell::new(),
+            // `__Host-` pins the cookie to this origin, but browsers only take it when Secure.
+            cookie_name: if secure {
+                "__Host-devicegate"
+            } else {
+                "devicegate"
+            },
+            secure,
+            max_age,
+        }
+    }
+
+    /// The browser session id from the request's cookie, when it has a well-formed one.
+    pub fn session(&self, req: &Request<'_>) -> Option<String> {
+        req.head
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, v)| *k == self.cookie_name && v.len() == 43)
+            .map(|(_, v)| v.to_string())
+    }
+
+    /// The `Set-Cookie` value that starts a browser session.
+    pub fn set_cookie(&self, session: &str) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!(
+            "{}={session}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            self.cookie_name, self.max_age
+        )
+    }
+
+    /// The keys, from the store's shared secret.
+    pub async fn keys(&self, device: &DeviceService) -> Result<BrowserKeys<'_>, StoreError> {
+        self.mac
+            .get_or_try_init(|| async {
+                let secret = device.shared_secret().await?;
+                HmacSha256::new_from_slice(&secret)
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            })
+            .await
+            .map(BrowserKeys)
+    }
+}
+
+/// CSRF tokens and browser bindings, under a key every instance sharing the store knows.
+#[derive(Clone, Copy)]
+pub struct BrowserKeys<'a>(&'a HmacSha256);
+
+impl BrowserKeys<'_> {
+    fn mac(self, purpose: &str, parts: &[&str]) -> HmacSha256 {
+        let mut mac = self.0.clone();
+        mac.update(purpose.as_bytes());
+        for p in parts {
+            mac.update(&[0]);
+            mac.update(p.as_bytes());
+        }
+        mac
+    }
+
+    /// CSRF token for the consent form: bound to the browser session and the user code.
+    pub fn csrf_token(self, browser: &str, user_code: &str) -> String {
+        URL_SAFE_NO_PAD.encode(
+            self.mac("csrf", &[browser, user_code])
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    pub fn csrf_ok(self, browser: &str, user_code: &str, token: &str) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(token) else {
+            return false;
+        };
+        // Constant-time comparison: the token is a secret an attacker may probe.
+        self.mac("csrf", &[browser, user_code])
+            .verify_slice(&raw)
+            .is_ok()
+    }
+
+    /// What a grant's login is bound to: an HMAC of the browser session cookie, so the store
+    /// never holds the cookie itself.
+    pub fn browser_binding(self, browser: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.mac("bind", &[browser]).finalize().into_bytes())
+    }
+}

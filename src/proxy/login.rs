@@ -1,0 +1,222 @@
+//! The upstream login: Approve binds a fresh login (state, nonce, PKCE verifier, browser
+//! binding) to the grant and sends the browser to the IdP; the callback exchanges the code,
+//! validates the ID token and approves the grant, so the device's next poll takes the tokens.
+//!
+//! Every audit event here is written only once the store has made the change it reports.
+
+use bytes::Bytes;
+
+use super::events::{Audit, By, Event, Fact};
+use super::verification::refusal_page;
+use super::{Gateway, Reply, Request};
+use crate::device::code::random_token;
+use crate::device::service::BrowserError;
+use crate::device::{Grant, Key, Login, Status};
+use crate::oidc::UpstreamError;
+use crate::pages::{Catalog, Message};
+
+impl Gateway {
+    /// Approve pressed: bind a fresh login to the grant and send the browser to the IdP.
+    pub(super) async fn approve(
+        &self,
+        t: &Catalog,
+        user_code: &str,
+        browser_binding: String,
+        now: u64,
+    ) -> Reply {
+        let disc = match self.oidc.discovery().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the upstream login");
+                return self
+                    .message(t, Message::LoginRetry)
+                    .fact(Fact::Verification("login_retry"));
+            }
+        };
+        let login = Login {
+            state_secret: random_token(16),
+            nonce: random_token(16),
+            pkce_verifier: random_token(32),
+            browser_binding,
+        };
+        let grant = match self.device.begin_login(user_code, login.clone(), now).await {
+            Ok(g) => g,
+            Err(e) => return self.browser_error(t, e),
+        };
+        let Some(client) = self
+            .config
+            .clients
+            .get(&grant.client_id)
+            .filter(|c| c.enabled)
+        else {
+            return self.refuse_disabled_client(t, user_code, now).await;
+        };
+        let state = format!("{}.{}", grant.id, login.state_secret);
+        let url = self.oidc.authorize_url(
+            &disc,
+            client,
+            &grant.scopes,
+            &state,
+            &login.nonce,
+            &login.pkce_verifier,
+        );
+        tracing::info!(grant = %grant.id, client_id = %grant.client_id, "upstream login started");
+        let mut reply = Reply::new(303, Bytes::new());
+        reply.headers.extend(self.redirect_headers.iter().cloned());
+        reply.header_text("Location", url.as_str())
+    }
+
+    /// The IdP sends the browser back here with a code (or an error) and the `state`.
+    pub(super) async fn callback(&self, req: &Request<'_>) -> Reply {
+        let t = self.lang(req.head);
+        let mismatch = || {
+            self.message(t, Message::LoginMismatch)
+                .fact(Fact::Verification("refused"))
+        };
+        let Ok(q) = req.query() else {
+            return self.message(t, Message::BadRequest);
+        };
+        let Some((id, secret)) = q.get("state").and_then(|s| s.split_once('.')) else {
+            return mismatch();
+        };
+        // RFC 9207: a response naming another issuer is a mix-up attempt; ignore it.
+        if q.get("iss")
+            .is_some_and(|iss| !self.config.upstream.is_issuer(iss))
+        {
+            tracing::warn!("login callback from another issuer refused");
+            return mismatch();
+        }
+        let keys = match self.browsers.keys(&self.device).await {
+            Ok(k) => k,
+            Err(e) => return self.browser_error(t, BrowserError::Store(e)),
+        };
+        let binding = self
+            .browsers
+            .session(req)
+            .map(|b| keys.browser_binding(&b))
+            .unwrap_or_default();
+        let grant = match self.device.by_id(id).await {
+            Ok(Some(g)) => g,
+            Ok(None) => return mismatch(),
+            Err(e) => return self.browser_error(t, BrowserError::Store(e)),
+        };
+        // A missing, replayed or foreign state changes nothing.
+        if let Err(r) = grant.check_login(secret, &binding) {
+            tracing::warn!(grant = %grant.id, ?r, "login callback refused");
+            return self
+                .message(t, refusal_page(r))
+                .fact(Fact::Verification("refused"));
+        }
+        let Status::Authorizing(login) = &grant.status else {
+            return mismatch();
+        };
+        let now = req.now.secs();
+        let fail = |reason: String, retryable: bool| {
+            let (secret, binding) = (secret.to_string(), binding.clone());
+            move |g: &mut Grant| g.fail_login(&secret, &binding, &reason, retryable)
+        };
+        let Some(client) = self
+            .config
+            .clients
+            .get(&grant.client_id)
+            .filter(|c| c.enabled)
+        else {
+            // The kill switch, as on the verification page: the grant is denied.
+            let denied = self
+                .device
+                .transition(Key::Id(id), fail("the client is disabled".into(), false))
+                .await;
+            return self.disabled_client_page(t, denied);
+        };
+        if let Some(err) = q.get("error") {
+            let reason = format!("the identity provider refused the login: {err}");
+            return match self
+                .device
+                .transition(Key::Id(id), fail(reason, false))
+                .await
+            {
+                Ok(g) => self
+                    .message(t, Message::LoginFailed)
+                    .fact(Fact::Verification("login_failed"))
+                    .fact(Fact::Audit(
+                        Audit::grant(Event::Denied(By::Idp), &g.id, &g.client_id).error(err),
+                    )),
+                Err(e) => self.unrecorded(t, &grant, "IdP refusal", e),
+            };
+        }
+        let Some(code) = q.get("code") else {
+            return self.message(t, Message::BadRequest);
+        };
+        let exchanged = self
+            .oidc
+            .exchange_code(client, code, &login.pkce_verifier, &login.nonce, now)
+            .await;
+        match exchanged {
+            Ok(res) => {
+                let (secret, binding) = (secret.to_string(), binding.clone());
+                let (tokens, subject) = (res.tokens, res.subject);
+                let approved = self
+                    .device
+                    .transition(Key::Id(id), |g| {
+                        g.approve(
+                            &secret,
+                            &binding,
+                            tokens.clone(),
+                            Some(subject.clone()),
+                            now,
+                        )
+                    })
+                    .await;
+                match approved {
+                    Ok(g) => self
+                        .message(t, Message::Approved)
+                        .fact(Fact::Verification("approved"))
+                        .fact(Fact::Audit(
+                            Audit::grant(Event::Approved, &g.id, &g.client_id)
+                                .subject(Some(&subject)),
+                        )),
+                    Err(e) => self.unrecorded(t, &grant, "approval", e),
+                }
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                tracing::warn!(grant = %grant.id, error = %e, "upstream code exchange failed");
+                let (reason, error) = match &e {
+                    UpstreamError::Refused { error, .. } => (
+                        format!("the identity provider refused the login: {error}"),
+                        error.clone(),
+                    ),
+                    _ => (
+                        "the login at the identity provider could not be verified".into(),
+                        "invalid_response".into(),
+                    ),
+                };
+                match self
+                    .device
+                    .transition(Key::Id(id), fail(reason, transient))
+                    .await
+                {
+                    // The IdP could not be reached: the grant is pending again, so the user
+                    // can retry.
+                    Ok(_) if transient => self
+                        .message(t, Message::LoginRetry)
+                        .fact(Fact::Verification("login_retry")),
+                    Ok(g) => self
+                        .message(t, Message::LoginFailed)
+                        .fact(Fact::Verification("login_failed"))
+                        .fact(Fact::Audit(
+                            Audit::grant(Event::Denied(By::Idp), &g.id, &g.client_id).error(&error),
+                        )),
+                    Err(e) => self.unrecorded(t, &grant, "login failure", e),
+                }
+            }
+        }
+    }
+
+    /// A change the callback meant to make did not happen (the grant expired, another login
+    /// replaced this one, the store failed): log what did happen, and say it on the page.
+    fn unrecorded(&self, t: &Catalog, grant: &Grant, change: &str, e: BrowserError) -> Reply {
+        tracing::warn!(grant = %grant.id, client_id = %grant.client_id, change, error = ?e, "login callback changed nothing");
+        self.browser_error(t, e)
+    }
+}

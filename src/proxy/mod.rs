@@ -1,0 +1,424 @@
+//! The Pingora glue: one [`Gateway`], and its `ProxyHttp` implementation.
+//!
+//! Each request is classified once into a [`Route`] ([`route`]), kept in the per-request
+//! [`RequestCtx`] with the client address and the time. Pass-through requests go to the IdP
+//! unchanged, `Host` included, with `X-Forwarded-For`/`X-Forwarded-Proto` added. For the few
+//! routes devicegate owns, `request_filter` checks the method and the size limits, reads the
+//! body whole ([`request`]), hands a [`Request`] to the route's handler, and sends the
+//! [`Reply`] it returns with the one writer ([`reply`]); the reply's [`Fact`]s become the audit
+//! log and the metrics ([`events`]).
+//!
+//! One file per endpoint, each parse → act → reply:
+//! - [`device_authorization`]: RFC 8628 §3.1, §3.2.
+//! - [`token`]: device-code polls, §3.4, §3.5 (other grants pass through).
+//! - [`discovery`]: the IdP's discovery documents with the device flow added.
+//! - [`verification`]: the verification page, §3.3 (enter, consent, deny).
+//! - [`login`]: Approve → the IdP's login, and its callback.
+//! - [`qr`]: the QR code of a verification link.
+//!
+//! Shared by them: [`auth`] (client authentication) and [`browser`] (cookies, CSRF, login
+//! bindings). Handlers never panic and never answer 5xx for bad input: API endpoints answer
+//! RFC 6749 JSON errors, browser endpoints readable pages.
+
+mod auth;
+mod browser;
+mod device_authorization;
+mod discovery;
+pub mod events;
+mod login;
+mod qr;
+pub mod reply;
+pub mod request;
+pub mod route;
+mod token;
+mod verification;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::Result;
+
+use crate::admin::Admin;
+use crate::clock::{Clock, Time};
+use crate::config::{Backend, Config};
+use crate::device::service::{DeviceService, Timing, EXPIRED_GRACE_SECS};
+use crate::device::{memory::MemoryStore, redis::RedisStore, Store};
+use crate::limits::{ip_key, Limits};
+use crate::metrics::{MeteredStore, Metrics};
+use crate::oidc::{Discovery, Oidc};
+use crate::pages::{self, Catalog, Message, Pages};
+use browser::Browsers;
+pub use events::Fact;
+pub use reply::Reply;
+pub use request::Request;
+pub use route::Route;
+use route::Routes;
+
+/// The device-flow gateway: what every handler needs, injected (store, pages, IdP client,
+/// limits, metrics, clock).
+pub struct Gateway {
+    config: Arc<Config>,
+    device: DeviceService,
+    oidc: Arc<Oidc>,
+    pages: Pages,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    routes: Routes,
+    browsers: Browsers,
+    /// With its own origin (public_url ≠ the issuer's origin): the gateway's origin, put in
+    /// discovery's `token_endpoint`, and the IdP's authority, sent as `Host` upstream.
+    own_origin: Option<(String, String)>,
+    /// `X-Forwarded-Proto` for pass-through requests: public_url's scheme.
+    forwarded_proto: HeaderValue,
+    /// The security headers of every page, built once (the CSP names the IdP's origin as a
+    /// form target and the logos' origins as image sources).
+    page_headers: Vec<(&'static str, HeaderValue)>,
+    /// The same for the redirect to the IdP's login.
+    redirect_headers: Vec<(&'static str, HeaderValue)>,
+}
+
+/// Per-request state: filled once at the start of `request_filter`.
+pub struct RequestCtx {
+    route: Route,
+    client_ip: Option<IpAddr>,
+    now: Time,
+}
+
+/// The IdP's token endpoint path, where the gateway answers device-code polls.
+enum TokenPath<'a> {
+    Configured(&'a str),
+    Discovered(Arc<Discovery>),
+}
+
+impl TokenPath<'_> {
+    fn path(&self) -> &str {
+        match self {
+            Self::Configured(p) => p,
+            Self::Discovered(d) => d.token_endpoint.path(),
+        }
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway with the store the configuration names and the pages built from it.
+    pub fn new(config: Arc<Config>, pages: Pages, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let retain = std::time::Duration::from_secs(config.device.expires_in + EXPIRED_GRACE_SECS);
+        let max = config.store.max_pending;
+        let store: Arc<dyn Store> = match &config.store.backend {
+            Backend::Memory => Arc::new(MemoryStore::new(retain, max)),
+            Backend::Redis(redis) => Arc::new(RedisStore::new(redis, retain, max)?),
+        };
+        let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let store = Arc::new(MeteredStore {
+            inner: store,
+            metrics: metrics.clone(),
+        });
+        let device = DeviceService::new(
+            store,
+            Timing {
+                expires_in: config.device.expires_in,
+                interval: config.device.interval,
+            },
+            max,
+        );
+        let oidc = Arc::new(Oidc::new(config.clone(), metrics.clone()).map_err(|e| e.to_string())?);
+        let logos = config
+            .ui
+            .logo_url
+            .iter()
+            .chain(config.clients.values().filter_map(|c| c.logo_url.as_ref()));
+        let img_src = pages::image_sources(logos.map(String::as_str));
+        let mut form_action = "'self'".to_string();
+        if let Ok(d) = oidc.discovery_url() {
+            form_action.push(' ');
+            form_action.push_str(&d.origin().ascii_serialization());
+        }
+        let secure = config.public_url.scheme() == "https";
+        let own_origin = config.own_origin().then(|| {
+            let issuer = &config.upstream.issuer;
+            let authority = match issuer.port() {
+                Some(p) => format!("{}:{p}", issuer.host_str().unwrap_or_default()),
+                None => issuer.host_str().unwrap_or_default().to_string(),
+            };
+            (config.public_url.origin().ascii_serialization(), authority)
+        });
+        Ok(Self {
+            routes: Routes::new(&config.device, config.upstream.issuer.path()),
+            browsers: Browsers::new(secure, config.device.expires_in + EXPIRED_GRACE_SECS),
+            page_headers: header_values(pages::security_headers(&form_action, &img_src))?,
+            redirect_headers: header_values(pages::security_headers("'none'", "'none'"))?,
+            forwarded_proto: HeaderValue::from_static(if secure { "https" } else { "http" }),
+            own_origin,
+            device,
+            oidc,
+            pages,
+            limits: Limits::new(&config.limits),
+            metrics,
+            clock,
+            config,
+        })
+    }
+
+    /// The admin endpoints' view of this gateway.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            device: self.device.clone(),
+            oidc: self.oidc.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// A client id as a metric label: configured ids only, so labels stay bounded.
+    fn client_label(&self, client_id: Option<&str>) -> String {
+        match client_id {
+            Some(id) if self.config.clients.contains_key(id) => id.to_string(),
+            _ => "unknown".into(),
+        }
+    }
+
+    /// The IdP's token path when the gateway answers polls there. Discovery is fetched for a
+    /// POST when it has never loaded (at most every few seconds, so a dead IdP does not slow
+    /// every POST); other requests use what is cached.
+    async fn token_path(&self, fetch: bool) -> Option<TokenPath<'_>> {
+        if let Some(p) = &self.config.upstream.token_path {
+            return Some(TokenPath::Configured(p));
+        }
+        let disc = match self.oidc.cached_discovery().await {
+            Some(d) => Some(d),
+            None if fetch => self.oidc.discovery_if_due().await,
+            None => None,
+        }?;
+        // At the IdP's origin, the IdP's token endpoint is ours when it is on that origin; on
+        // its own origin the gateway advertises the IdP's token path on itself.
+        let ours = self.own_origin.is_some()
+            || disc.token_endpoint.origin() == self.config.public_url.origin();
+        ours.then_some(TokenPath::Discovered(disc))
+    }
+
+    /// The route of a request.
+    pub async fn classify(&self, head: &RequestHeader) -> Route {
+        let token = self.token_path(head.method == http::Method::POST).await;
+        self.routes.classify(
+            &head.method,
+            head.uri.path(),
+            token.as_ref().map(TokenPath::path),
+        )
+    }
+
+    /// What is answered before the body is read: a method the route does not take, a request
+    /// over the size limits, a disguised owned path.
+    pub fn precheck(&self, route: &Route, head: &RequestHeader) -> Option<Reply> {
+        if let Route::Disguised(owned) = route {
+            // `/device/../token`, `/%64evice`, `/Device`: an upstream that normalises paths
+            // would read these as a path devicegate owns, so they are refused, not relayed.
+            tracing::info!(path = %owned, "ambiguous spelling of an owned path refused");
+            let e = crate::error::OAuthError::InvalidRequest(format!(
+                "ambiguous path: use {owned} exactly as written"
+            ));
+            return Some(Reply::oauth_error(&e));
+        }
+        if !route.allows(&head.method) {
+            return Some(if route.is_page() {
+                let t = self.lang(head);
+                self.message_as(t, Message::MethodNotAllowed, 405)
+                    .header("Allow", HeaderValue::from_static(route.allow()))
+            } else {
+                Reply::method_not_allowed(route.allow())
+            });
+        }
+        // The token endpoint checks its limits once it knows the request is a device poll:
+        // other grants pass through as they are.
+        if *route == Route::Token {
+            return None;
+        }
+        let e = request::within_size_limits(head, &self.config.limits).err()?;
+        Some(self.too_large(route, head, &e))
+    }
+
+    /// A request over a limit: JSON for API routes, a page for browsers; the connection closes.
+    fn too_large(
+        &self,
+        route: &Route,
+        head: &RequestHeader,
+        e: &crate::error::OAuthError,
+    ) -> Reply {
+        let reply = if route.is_page() {
+            self.message_as(self.lang(head), Message::BadRequest, e.status())
+        } else {
+            Reply::oauth_error(e)
+        };
+        reply.closing()
+    }
+
+    /// Answers an owned route once its body is read; `None` relays the request (a token
+    /// request that is not a device-code poll).
+    pub async fn respond(&self, route: &Route, req: &Request<'_>) -> Option<Reply> {
+        Some(match route {
+            Route::DeviceAuthorization => self.device_authorization(req).await,
+            Route::Token => return self.token(req).await,
+            Route::Discovery { oidc } => self.discovery(req, *oidc).await,
+            Route::Verification => self.verification(req).await,
+            Route::Callback => self.callback(req).await,
+            Route::Qr => self.qr_code(req),
+            Route::Disguised(_) | Route::PassThrough => return None,
+        })
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Pages.
+
+    /// The page language for a request's `Accept-Language`.
+    fn lang(&self, head: &RequestHeader) -> &Catalog {
+        let accept = head
+            .headers
+            .get("accept-language")
+            .and_then(|v| v.to_str().ok());
+        self.pages.language(accept)
+    }
+
+    /// A page rendered in `t`'s language.
+    fn page(&self, t: &Catalog, status: u16, html: String) -> Reply {
+        let mut reply = Reply::new(status, html);
+        reply.headers.extend(self.page_headers.iter().cloned());
+        reply
+            .header(
+                "Content-Type",
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            )
+            .header_text("Content-Language", &t.lang)
+            .header("Vary", HeaderValue::from_static("Accept-Language"))
+    }
+
+    /// An outcome page with its own status.
+    fn message(&self, t: &Catalog, m: Message) -> Reply {
+        self.message_as(t, m, m.status())
+    }
+
+    /// An outcome page with another status than its own.
+    fn message_as(&self, t: &Catalog, m: Message, status: u16) -> Reply {
+        let html = self
+            .pages
+            .message(t, m, &self.config.device.verification_path);
+        self.page(t, status, html)
+    }
+}
+
+/// Header pairs as values, checked once at start-up.
+fn header_values(
+    headers: Vec<(&'static str, String)>,
+) -> Result<Vec<(&'static str, HeaderValue)>, String> {
+    headers
+        .into_iter()
+        .map(|(k, v)| {
+            HeaderValue::try_from(v)
+                .map(|v| (k, v))
+                .map_err(|e| format!("page header {k}: {e}"))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            route: Route::PassThrough,
+            client_ip: None,
+            now: Time::from_millis(0),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        ctx.now = self.clock.now();
+        ctx.client_ip = request::client_ip(session);
+        ctx.route = self.classify(session.req_header()).await;
+        if ctx.route == Route::PassThrough {
+            return Ok(false);
+        }
+        let route = ctx.route.clone();
+        let reply = match self.precheck(&route, session.req_header()) {
+            Some(reply) => reply,
+            None => {
+                if route == Route::Token {
+                    // Keep a copy of what is read so Pingora can still relay it when it is
+                    // not a device-code poll.
+                    session.enable_retry_buffering();
+                }
+                let max = self.config.limits.max_body_bytes;
+                match request::read_body(session, max).await? {
+                    None => {
+                        let e = request::body_too_large(&self.config.limits);
+                        self.too_large(&route, session.req_header(), &e)
+                    }
+                    Some(body) => {
+                        let req = Request {
+                            head: session.req_header(),
+                            body,
+                            client_ip: ctx.client_ip,
+                            now: ctx.now,
+                        };
+                        match self.respond(&route, &req).await {
+                            Some(reply) => reply,
+                            None => return Ok(false),
+                        }
+                    }
+                }
+            }
+        };
+        events::record(&self.metrics, &reply.facts, &ip_key(ctx.client_ip));
+        reply::write(session, reply).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let up = &self.config.upstream;
+        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.timeout);
+        peer.options.total_connection_timeout = Some(up.timeout);
+        peer.options.read_timeout = Some(up.timeout);
+        peer.options.write_timeout = Some(up.timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(ip) = ctx.client_ip {
+            let mut xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, "),
+                None => String::with_capacity(15),
+            };
+            let _ = write!(xff, "{ip}");
+            upstream_request.insert_header("X-Forwarded-For", xff)?;
+        }
+        // The gateway is the public origin: the scheme clients used is public_url's.
+        upstream_request.insert_header("X-Forwarded-Proto", self.forwarded_proto.clone())?;
+        if let Some((_, idp_authority)) = &self.own_origin {
+            // On its own origin the gateway is not the IdP's public name: ask for the IdP's.
+            upstream_request.insert_header("Host", idp_authority)?;
+        }
+        Ok(())
+    }
+}

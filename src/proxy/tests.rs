@@ -1,0 +1,755 @@
+//! Handler rules in-process: a real gateway with the memory store and a fixed clock, requests
+//! built as values, replies and their facts inspected. No socket, no IdP (its address is a
+//! closed port), so what needs the IdP's answers stays with the end-to-end suite.
+
+use std::sync::Arc;
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use serde_json::Value;
+
+use super::events::{Audit, By, Event, Fact};
+use super::*;
+use crate::clock::{Clock, ManualClock, Time};
+use crate::device::{Key, Status, TokenSet};
+use crate::discovery::DEVICE_GRANT;
+
+const CONFIG: &str = r#"
+listen: 127.0.0.1:8080
+public_url: http://gw.test
+upstream:
+  address: 127.0.0.1:9
+  issuer: http://gw.test
+  token_path: /token
+  timeout: 2
+device:
+  expires_in: 600
+  interval: 5
+clients:
+  - client_id: tv-app
+    name: Living-room TV
+    allowed_scopes: [openid, profile]
+  - client_id: kiosk
+    client_secret: kiosk-secret
+  - client_id: retired
+    enabled: false
+"#;
+
+/// Issued at a time with a fraction of a second, as real requests are.
+const START: Time = Time::from_millis(1_800_000_000_900);
+
+struct Harness {
+    gw: Gateway,
+    clock: Arc<ManualClock>,
+}
+
+fn harness_with(yaml: &str) -> Harness {
+    let prepared = crate::server::prepare_yaml(yaml, &|_| None).unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let gw = Gateway::new(Arc::new(prepared.config), prepared.pages, clock.clone()).unwrap();
+    Harness { gw, clock }
+}
+
+fn harness() -> Harness {
+    harness_with(CONFIG)
+}
+
+fn json(reply: &Reply) -> Value {
+    serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
+}
+
+fn text(reply: &Reply) -> String {
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+fn audits(reply: &Reply) -> Vec<&Audit> {
+    reply
+        .facts
+        .iter()
+        .filter_map(|f| match f {
+            Fact::Audit(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(reply: &Reply) -> Vec<Event> {
+    audits(reply).iter().map(|a| a.event).collect()
+}
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+impl Harness {
+    /// What `request_filter` does with a request, from classification to the reply.
+    async fn send(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<Reply> {
+        self.send_from("127.0.0.1", method, target, headers, body)
+            .await
+    }
+
+    async fn send_from(
+        &self,
+        ip: &str,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Option<Reply> {
+        let mut head = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            head.append_header(k.to_string(), v.to_string()).unwrap();
+        }
+        let route = self.gw.classify(&head).await;
+        if route == Route::PassThrough {
+            return None;
+        }
+        if let Some(reply) = self.gw.precheck(&route, &head) {
+            return Some(reply);
+        }
+        let req = Request {
+            head: &head,
+            body: Bytes::from(body.to_string()),
+            client_ip: Some(ip.parse().unwrap()),
+            now: self.clock.now(),
+        };
+        self.gw.respond(&route, &req).await
+    }
+
+    async fn post(&self, target: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let mut all = vec![FORM];
+        all.extend_from_slice(headers);
+        self.send("POST", target, &all, body).await.unwrap()
+    }
+
+    /// A device authorization for `tv-app`: (device code, canonical user code).
+    async fn authorize(&self) -> (String, String) {
+        let r = self.post("/device/code", &[], "client_id=tv-app").await;
+        assert_eq!(r.status, 200, "{}", text(&r));
+        let v = json(&r);
+        let user_code = v["user_code"].as_str().unwrap().replace('-', "");
+        (v["device_code"].as_str().unwrap().to_string(), user_code)
+    }
+
+    async fn poll(&self, client: &str, device_code: &str) -> Reply {
+        self.post(
+            "/token",
+            &[],
+            &format!("grant_type={DEVICE_GRANT}&client_id={client}&device_code={device_code}"),
+        )
+        .await
+    }
+
+    fn advance(&self, secs: u64) {
+        self.clock.advance_millis(secs * 1000);
+    }
+
+    /// A browser session: the cookie header value and the session id.
+    async fn browser(&self) -> (String, String) {
+        let r = self.send("GET", "/device", &[], "").await.unwrap();
+        let cookie = r.header_value("set-cookie").unwrap();
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let id = pair.split_once('=').unwrap().1.to_string();
+        (pair, id)
+    }
+
+    /// Enters a code in a browser session: the consent reply and its CSRF token.
+    async fn enter(&self, cookie: &str, user_code: &str) -> (Reply, String) {
+        let r = self
+            .post(
+                "/device",
+                &[("cookie", cookie)],
+                &format!("user_code={user_code}"),
+            )
+            .await;
+        let html = text(&r);
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_default()
+            .to_string();
+        (r, csrf)
+    }
+
+    async fn act(&self, cookie: &str, user_code: &str, csrf: &str, action: &str) -> Reply {
+        self.post(
+            "/device",
+            &[("cookie", cookie)],
+            &format!("user_code={user_code}&csrf={csrf}&action={action}"),
+        )
+        .await
+    }
+
+    fn tokens() -> TokenSet {
+        serde_json::json!({"access_token": "AT", "token_type": "Bearer", "expires_in": 300})
+            .as_object()
+            .cloned()
+            .unwrap()
+    }
+
+    /// Approves a grant in the store as a successful callback would.
+    async fn approve_in_store(&self, user_code: &str, subject: &str) {
+        let now = self.clock.now().secs();
+        self.gw
+            .device
+            .transition(Key::UserCode(user_code), |g| {
+                g.status = Status::Approved {
+                    tokens: Self::tokens(),
+                    approved_at: now,
+                    subject: Some(subject.into()),
+                };
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device authorization.
+
+#[tokio::test]
+async fn device_authorization_issues_a_grant_and_reports_it() {
+    let h = harness();
+    let r = h
+        .post("/device/code", &[], "client_id=tv-app&scope=openid")
+        .await;
+    assert_eq!(r.status, 200);
+    let v = json(&r);
+    assert_eq!(v["verification_uri"], "http://gw.test/device");
+    assert_eq!(v["expires_in"], 600);
+    assert!(v.get("verification_url").is_none());
+    assert!(r.facts.contains(&Fact::DeviceAuthorization {
+        client: "tv-app".into(),
+        result: "issued"
+    }));
+    let a = audits(&r);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].event, Event::Created);
+    assert_eq!(a[0].client_id.as_deref(), Some("tv-app"));
+    assert_eq!(r.header_value("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn a_refusal_is_counted_under_the_client_that_basic_authentication_names() {
+    let h = harness();
+    let basic = format!("Basic {}", STANDARD.encode("kiosk:wrong"));
+    let r = h
+        .post("/device/code", &[("authorization", &basic)], "scope=openid")
+        .await;
+    assert_eq!(
+        (r.status, json(&r)["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    // It used to be counted as `unknown`: the form carried no client_id.
+    assert_eq!(
+        r.facts,
+        vec![Fact::DeviceAuthorization {
+            client: "kiosk".into(),
+            result: "invalid_client"
+        }]
+    );
+    let r = h.post("/device/code", &[], "client_id=nobody").await;
+    assert!(r.facts.contains(&Fact::DeviceAuthorization {
+        client: "unknown".into(),
+        result: "invalid_client"
+    }));
+}
+
+#[tokio::test]
+async fn a_device_flood_is_refused_audited_and_counted() {
+    let h = harness_with(&format!(
+        "{CONFIG}limits:\n  device_requests_per_ip_per_minute: 2\n"
+    ));
+    for _ in 0..2 {
+        h.authorize().await;
+    }
+    let r = h.post("/device/code", &[], "client_id=tv-app").await;
+    assert_eq!(r.status, 429);
+    assert!(r.header_value("retry-after").is_some());
+    assert!(r.facts.contains(&Fact::Limited("device")));
+    assert_eq!(events(&r), [Event::Refused("device")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One method rule for every owned path.
+
+#[tokio::test]
+async fn every_owned_path_answers_a_wrong_method_with_405_and_allow() {
+    let h = harness();
+    for (method, path, allow, page) in [
+        ("GET", "/device/code", "POST", false),
+        ("DELETE", "/device", "GET, HEAD, POST", true),
+        ("POST", "/device/callback", "GET", true),
+        ("HEAD", "/device/callback", "GET", true),
+        ("POST", "/device/qr", "GET, HEAD", false),
+        (
+            "POST",
+            "/.well-known/openid-configuration",
+            "GET, HEAD",
+            false,
+        ),
+    ] {
+        let r = h.send(method, path, &[], "").await.unwrap();
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header_value("allow"), Some(allow), "{method} {path}");
+        let ct = r.header_value("content-type").unwrap_or_default();
+        if page {
+            assert!(ct.starts_with("text/html"), "{method} {path}: {ct}");
+            assert!(text(&r).contains("Method not allowed"), "{method} {path}");
+        } else {
+            assert_eq!(ct, "application/json", "{method} {path}");
+            assert_eq!(json(&r)["error"], "invalid_request");
+        }
+    }
+    // HEAD is served wherever GET is (the writer leaves the body out).
+    let r = h
+        .send("HEAD", "/device/qr?user_code=BCDF-GHJK", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    // Other methods at the IdP's token endpoint are the IdP's.
+    assert!(h.send("GET", "/token", &[], "").await.is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token endpoint.
+
+#[tokio::test]
+async fn token_endpoint_answers_every_state_of_a_grant() {
+    let h = harness();
+    let (device_code, user_code) = h.authorize().await;
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(
+        (r.status, json(&r)["error"].as_str()),
+        (400, Some("authorization_pending"))
+    );
+    assert_eq!(r.facts, vec![Fact::Poll("authorization_pending")]);
+    h.advance(1);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&r)["error"], "slow_down");
+    assert_eq!(json(&r)["interval"], 10);
+    // Another client's poll of this code is refused and changes nothing.
+    let r = h.poll("kiosk", &device_code).await;
+    assert_eq!(r.status, 401, "kiosk must authenticate");
+    let basic = format!("Basic {}", STANDARD.encode("kiosk:kiosk-secret"));
+    let r = h
+        .post(
+            "/token",
+            &[("authorization", &basic)],
+            &format!("grant_type={DEVICE_GRANT}&device_code={device_code}"),
+        )
+        .await;
+    assert_eq!(json(&r)["error"], "invalid_grant");
+
+    h.approve_in_store(&user_code, "alice").await;
+    h.advance(20);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(json(&r)["access_token"], "AT");
+    assert_eq!(json(&r)["expires_in"], 280, "the 20 s the tokens waited");
+    let a = audits(&r);
+    assert_eq!(a[0].event, Event::Delivered);
+    assert_eq!(a[0].sub.as_deref(), Some("alice"));
+    assert!(r.facts.contains(&Fact::Poll("delivered")));
+    // Single use.
+    h.advance(10);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&r)["error"], "invalid_grant");
+    assert!(events(&r).is_empty());
+    // Unknown codes, missing parameters, other grants.
+    assert_eq!(
+        json(&h.poll("tv-app", "nope").await)["error"],
+        "invalid_grant"
+    );
+    let r = h
+        .post(
+            "/token",
+            &[],
+            &format!("grant_type={DEVICE_GRANT}&client_id=tv-app"),
+        )
+        .await;
+    assert_eq!(json(&r)["error"], "invalid_request");
+    let other = h
+        .send(
+            "POST",
+            "/token",
+            &[FORM],
+            "grant_type=refresh_token&refresh_token=x",
+        )
+        .await;
+    assert!(other.is_none(), "a refresh passes through");
+}
+
+#[tokio::test]
+async fn an_expired_grant_is_audited_when_its_device_learns_it() {
+    let h = harness();
+    let (device_code, _) = h.authorize().await;
+    // Issued at .900 of a second: the lifetime counts from the next whole second.
+    h.advance(601);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&r)["error"], "expired_token");
+    assert_eq!(events(&r), [Event::Expired]);
+    assert!(audits(&r)[0].grant.is_some());
+}
+
+#[tokio::test]
+async fn a_device_gets_at_least_the_lifetime_it_was_told() {
+    let h = harness_with(
+        &CONFIG
+            .replace("expires_in: 600", "expires_in: 3")
+            .replace("interval: 5", "interval: 1"),
+    );
+    let (device_code, _) = h.authorize().await;
+    // Issued at .900 of a second; 2.9 s later the grant must still be pending (it expired
+    // after 2.1 s when the lifetime counted from the second cut down).
+    h.clock.advance_millis(2_900);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&r)["error"], "authorization_pending", "{}", text(&r));
+    h.clock.advance_millis(1_100);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&r)["error"], "expired_token");
+}
+
+#[tokio::test]
+async fn a_poll_flood_is_refused_audited_and_counted() {
+    let h = harness_with(&format!("{CONFIG}limits:\n  polls_per_ip_per_minute: 1\n"));
+    let (device_code, _) = h.authorize().await;
+    h.poll("tv-app", &device_code).await;
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(
+        (r.status, json(&r)["error"].as_str()),
+        (429, Some("slow_down"))
+    );
+    assert!(r.facts.contains(&Fact::Limited("poll")));
+    assert_eq!(events(&r), [Event::Refused("poll")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The verification page.
+
+#[tokio::test]
+async fn verification_page_states() {
+    let h = harness();
+    // The entry form sets a browser session and only prefills a code.
+    let r = h
+        .send("GET", "/device?user_code=bcdf-ghjk", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("BCDF-GHJK"));
+    assert!(r.header_value("set-cookie").unwrap().contains("HttpOnly"));
+    assert!(r
+        .header_value("content-security-policy")
+        .unwrap()
+        .contains("form-action 'self' http://gw.test"));
+    let (cookie, _) = h.browser().await;
+
+    // Malformed and unknown codes: the form again, counted.
+    let r = h
+        .post("/device", &[("cookie", &cookie)], "user_code=12")
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.facts, vec![Fact::Verification("malformed_code")]);
+    let (r, _) = h.enter(&cookie, "BCDFGHJK").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.facts, vec![Fact::Verification("unknown_code")]);
+
+    // A real code: the consent page, audited.
+    let (_, user_code) = h.authorize().await;
+    h.advance(40);
+    let (r, csrf) = h.enter(&cookie, &user_code).await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("Living-room TV") && text(&r).contains("40 seconds ago"));
+    assert_eq!(events(&r), [Event::CodeEntered]);
+    assert!(!csrf.is_empty());
+
+    // A forged form changes nothing.
+    let r = h.act(&cookie, &user_code, "forged", "deny").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.facts, vec![Fact::Verification("refused")]);
+
+    // Deny: audited as the user's, and the device learns it.
+    let r = h.act(&cookie, &user_code, &csrf, "deny").await;
+    assert_eq!(r.status, 200);
+    assert!(r.facts.contains(&Fact::Verification("denied")));
+    assert_eq!(events(&r), [Event::Denied(By::User)]);
+    // Already denied: its own page, nothing audited.
+    let (r, _) = h.enter(&cookie, &user_code).await;
+    assert_eq!(r.status, 400);
+    assert!(text(&r).contains("already denied") || text(&r).contains("denied"));
+    assert_eq!(r.facts, vec![Fact::Verification("refused")]);
+
+    // Expired.
+    let (_, code2) = h.authorize().await;
+    h.advance(601);
+    let (r, _) = h.enter(&cookie, &code2).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.facts, vec![Fact::Verification("refused")]);
+
+    // Already used.
+    let (_, code3) = h.authorize().await;
+    h.approve_in_store(&code3, "bob").await;
+    let (r, _) = h.enter(&cookie, &code3).await;
+    assert_eq!(r.status, 400);
+    assert!(events(&r).is_empty());
+}
+
+#[tokio::test]
+async fn a_disabled_clients_grant_is_denied_by_the_operator() {
+    let h = harness();
+    let issued =
+        h.gw.device
+            .authorize("retired", vec![], Default::default(), h.clock.now())
+            .await
+            .unwrap();
+    let (cookie, _) = h.browser().await;
+    let (r, _) = h.enter(&cookie, &issued.user_code).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(events(&r), [Event::Denied(By::Operator)]);
+    let grant = h.gw.device.by_id(&issued.id).await.unwrap().unwrap();
+    assert!(matches!(grant.status, Status::Denied { .. }));
+}
+
+#[tokio::test]
+async fn too_many_wrong_codes_are_refused_before_the_lookup() {
+    let h = harness_with(&format!("{CONFIG}limits:\n  code_failures_per_ip: 2\n"));
+    let (cookie, _) = h.browser().await;
+    for _ in 0..2 {
+        h.enter(&cookie, "BCDFGHJK").await;
+    }
+    let (_, user_code) = h.authorize().await;
+    let (r, _) = h.enter(&cookie, &user_code).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header_value("retry-after").is_some());
+    assert!(r.facts.contains(&Fact::Limited("code_failures")));
+    assert!(r.facts.contains(&Fact::Verification("refused")));
+    assert_eq!(events(&r), [Event::Refused("code_failures")]);
+    // Another address is not held back by this one's failures.
+    let r = h
+        .send_from(
+            "127.0.0.2",
+            "POST",
+            "/device",
+            &[FORM, ("cookie", &cookie)],
+            &format!("user_code={user_code}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Approve and the login callback.
+
+/// Loads a discovery document as the IdP would serve it.
+async fn learn_discovery(h: &Harness) {
+    let doc = r#"{"issuer":"http://gw.test","authorization_endpoint":"http://gw.test/auth","token_endpoint":"http://gw.test/token","jwks_uri":"http://gw.test/jwks"}"#;
+    h.gw.oidc.learn_discovery(doc.as_bytes()).await.unwrap();
+}
+
+/// Approve pressed: (cookie, user code, grant id, state) of the login begun.
+async fn begin_login(h: &Harness, client: Option<&str>) -> (String, String, String, String) {
+    learn_discovery(h).await;
+    let (cookie, _) = h.browser().await;
+    let user_code = match client {
+        None => h.authorize().await.1,
+        Some(c) => {
+            h.gw.device
+                .authorize(c, vec![], Default::default(), h.clock.now())
+                .await
+                .unwrap()
+                .user_code
+        }
+    };
+    let keys = h.gw.browsers.keys(&h.gw.device).await.unwrap();
+    let id = cookie.split_once('=').unwrap().1;
+    let csrf = keys.csrf_token(id, &user_code);
+    let r = if client.is_none() {
+        h.act(&cookie, &user_code, &csrf, "approve").await
+    } else {
+        // A client disabled after the device asked: put the login in place as Approve would.
+        let login = crate::device::Login {
+            state_secret: "secret".into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            browser_binding: keys.browser_binding(id),
+        };
+        let g =
+            h.gw.device
+                .begin_login(&user_code, login, h.clock.now().secs())
+                .await
+                .unwrap();
+        let location = format!("http://gw.test/auth?state={}.secret", g.id);
+        Reply::new(303, Bytes::new()).header_text("Location", &location)
+    };
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let location = url::Url::parse(r.header_value("location").unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    let state = q["state"].clone();
+    let grant = state.split_once('.').unwrap().0.to_string();
+    (cookie, user_code, grant, state)
+}
+
+#[tokio::test]
+async fn approve_sends_the_browser_to_the_idp_with_pkce_state_and_nonce() {
+    let h = harness();
+    // No discovery yet and the IdP unreachable: try again later, the grant stays pending.
+    let (cookie, _) = h.browser().await;
+    let (_, user_code) = h.authorize().await;
+    let (_, csrf) = h.enter(&cookie, &user_code).await;
+    let r = h.act(&cookie, &user_code, &csrf, "approve").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.facts, vec![Fact::Verification("login_retry")]);
+
+    learn_discovery(&h).await;
+    let r = h.act(&cookie, &user_code, &csrf, "approve").await;
+    assert_eq!(r.status, 303);
+    let location = r.header_value("location").unwrap();
+    for part in [
+        "http://gw.test/auth?",
+        "response_type=code",
+        "client_id=tv-app",
+        "code_challenge_method=S256",
+        "nonce=",
+        "redirect_uri=http%3A%2F%2Fgw.test%2Fdevice%2Fcallback",
+    ] {
+        assert!(location.contains(part), "{part} in {location}");
+    }
+    assert!(r.facts.is_empty(), "nothing is approved yet");
+}
+
+#[tokio::test]
+async fn an_idp_refusal_is_audited_once_the_grant_is_denied() {
+    let h = harness();
+    let (cookie, _, grant, state) = begin_login(&h, None).await;
+    let r = h
+        .send(
+            "GET",
+            &format!("/device/callback?state={state}&error=access_denied"),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.facts.contains(&Fact::Verification("login_failed")));
+    let a = audits(&r);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].event, Event::Denied(By::Idp));
+    assert_eq!(a[0].error.as_deref(), Some("access_denied"));
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    assert!(matches!(g.status, Status::Denied { .. }));
+    // The same callback again: the grant is already denied, nothing more is audited.
+    let r = h
+        .send(
+            "GET",
+            &format!("/device/callback?state={state}&error=access_denied"),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(events(&r).is_empty());
+}
+
+#[tokio::test]
+async fn a_callback_for_a_disabled_client_denies_its_grant_and_says_so() {
+    let h = harness();
+    let (cookie, _, grant, state) = begin_login(&h, Some("retired")).await;
+    let r = h
+        .send(
+            "GET",
+            &format!("/device/callback?state={state}&code=abc"),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", text(&r));
+    assert_eq!(events(&r), [Event::Denied(By::Operator)]);
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    assert!(matches!(g.status, Status::Denied { .. }));
+}
+
+#[tokio::test]
+async fn a_callback_naming_the_issuer_with_another_trailing_slash_is_refused() {
+    let h = harness();
+    let (cookie, _, grant, state) = begin_login(&h, None).await;
+    // The issuer is `http://gw.test`: `http://gw.test/` is another issuer (RFC 9207), as
+    // discovery already treats it.
+    let r = h
+        .send(
+            "GET",
+            &format!("/device/callback?state={state}&error=x&iss=http%3A%2F%2Fgw.test%2F"),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(events(&r).is_empty());
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    assert!(
+        matches!(g.status, Status::Authorizing(_)),
+        "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_idp_at_the_callback_lets_the_user_retry() {
+    let h = harness();
+    let (cookie, _, grant, state) = begin_login(&h, None).await;
+    let r = h
+        .send(
+            "GET",
+            &format!("/device/callback?state={state}&code=abc"),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", text(&r));
+    assert_eq!(r.facts, vec![Fact::Verification("login_retry")]);
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    assert_eq!(g.status, Status::Pending);
+    // A callback from another browser is refused and changes nothing.
+    let (other, _) = h.browser().await;
+    let r = h
+        .send(
+            "GET",
+            &format!("/device/callback?state={state}&code=abc"),
+            &[("cookie", &other)],
+            "",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(events(&r).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Built once.
+
+#[tokio::test]
+async fn page_headers_are_built_once_not_per_page() {
+    let h = harness();
+    let a = h.send("GET", "/device", &[], "").await.unwrap();
+    let b = h.send("GET", "/device", &[], "").await.unwrap();
+    let csp = |r: &Reply| {
+        r.headers
+            .iter()
+            .find(|(k, _)| *k == "Content-Security-Policy")
+            .map(|(_, v)| v.as_bytes().as_ptr())
+            .unwrap()
+    };
+    // Clones of one value built at start-up share its bytes.
+    assert_eq!(csp(&a), csp(&b));
+}

@@ -1,0 +1,80 @@
+//! The IdP's token endpoint: device-code polls (RFC 8628 §3.4, §3.5) are answered here;
+//! every other grant (authorization code, refresh token, …) passes through to the IdP.
+
+use super::events::{self, Audit, Event, Fact};
+use super::{auth, request, Gateway, Reply, Request};
+use crate::device::service::Polled;
+use crate::discovery::DEVICE_GRANT;
+use crate::error::OAuthError;
+use crate::form::{is_form_content_type, Params};
+
+impl Gateway {
+    /// A device-code poll's answer, or `None` for a request that is not one (relayed).
+    pub(super) async fn token(&self, req: &Request<'_>) -> Option<Reply> {
+        let ours = is_form_content_type(req.header("content-type"))
+            && form_urlencoded::parse(&req.body)
+                .any(|(k, v)| k == "grant_type" && v == DEVICE_GRANT);
+        if !ours {
+            return None;
+        }
+        Some(self.poll(req).await)
+    }
+
+    async fn poll(&self, req: &Request<'_>) -> Reply {
+        let (client_id, polled) = match self.poll_grant(req).await {
+            Ok(done) => done,
+            Err(e) => (
+                String::new(),
+                Polled {
+                    grant: None,
+                    subject: None,
+                    result: Err(e),
+                },
+            ),
+        };
+        let grant = polled.grant.as_deref().unwrap_or_default();
+        match polled.result {
+            Ok(tokens) => Reply::json(200, &tokens)
+                .fact(Fact::Poll("delivered"))
+                .fact(Fact::Audit(
+                    Audit::grant(Event::Delivered, grant, &client_id)
+                        .subject(polled.subject.as_deref()),
+                )),
+            Err(e) => {
+                let mut reply = Reply::oauth_error(&e)
+                    .fact(Fact::Poll(e.code()))
+                    .facts(events::limited_by(&e));
+                if e == OAuthError::ExpiredToken {
+                    reply =
+                        reply.fact(Fact::Audit(Audit::grant(Event::Expired, grant, &client_id)));
+                }
+                reply
+            }
+        }
+    }
+
+    /// Limits, client authentication, then the grant: the authenticated client and what the
+    /// poll found.
+    async fn poll_grant(&self, req: &Request<'_>) -> Result<(String, Polled), OAuthError> {
+        let now = req.now.secs();
+        request::within_size_limits(req.head, &self.config.limits)?;
+        let params = Params::parse(&req.body)?;
+        // Limits come before the store: a flood of polls costs it nothing.
+        let limited = |retry_after| OAuthError::RateLimited {
+            poll: true,
+            retry_after,
+        };
+        self.limits.poll_from(&req.ip_key(), now).map_err(limited)?;
+        let creds = auth::credentials(req, &params, &self.config.clients)?;
+        let client = auth::authenticate(&self.config.clients, &creds)?;
+        let device_code = params.require("device_code")?;
+        self.limits
+            .poll_by(&client.client_id, now)
+            .map_err(limited)?;
+        let polled = self
+            .device
+            .poll_grant(&client.client_id, device_code, now)
+            .await;
+        Ok((client.client_id.clone(), polled))
+    }
+}

@@ -1,0 +1,270 @@
+//! The verification page (RFC 8628 §3.3): the user enters (or confirms) the code, sees who
+//! asks for what, and approves or denies. Approve continues in [`super::login`].
+//!
+//! User codes are short (§5.1), so wrong ones are counted per address and overall, and once a
+//! budget is spent no code is even looked up until its window ends.
+
+use http::{HeaderValue, Method};
+
+use super::browser::BrowserKeys;
+use super::events::{self, Audit, By, Event, Fact};
+use super::{Gateway, Reply, Request};
+use crate::device::code::{display_user_code, normalize_user_code, random_token};
+use crate::device::service::BrowserError;
+use crate::device::{Key, Refusal};
+use crate::form::{is_form_content_type, Params};
+use crate::limits::same_network;
+use crate::pages::{Catalog, CodeError, Consent, Message};
+
+/// The browser session of a request: its id, and the cookie to set when it is new.
+pub(super) struct BrowserSession {
+    pub id: String,
+    pub new_cookie: Option<String>,
+}
+
+impl BrowserSession {
+    /// Sets the session cookie on a reply when the session is new.
+    fn keep(&self, reply: Reply) -> Reply {
+        match &self.new_cookie {
+            Some(c) => reply.header_text("Set-Cookie", c),
+            None => reply,
+        }
+    }
+}
+
+impl Gateway {
+    pub(super) async fn verification(&self, req: &Request<'_>) -> Reply {
+        let t = self.lang(req.head);
+        let session = match self.browsers.session(req) {
+            Some(id) => BrowserSession {
+                id,
+                new_cookie: None,
+            },
+            None => {
+                let id = random_token(32);
+                let new_cookie = Some(self.browsers.set_cookie(&id));
+                BrowserSession { id, new_cookie }
+            }
+        };
+        if req.head.method != Method::POST {
+            // GET and HEAD (the route takes nothing else).
+            return session.keep(self.enter_page(req, t));
+        }
+        let params = match Params::parse(&req.body) {
+            Ok(p) if is_form_content_type(req.header("content-type")) => p,
+            _ => return self.message(t, Message::BadRequest),
+        };
+        let now = req.now.secs();
+        let ip = req.ip_key();
+        if let Err(secs) = self.limits.code_entry_allowed(&ip, now) {
+            return self
+                .message_as(t, Message::TooManyAttempts, 429)
+                .header("Retry-After", HeaderValue::from(secs))
+                .facts(events::limited("code_failures"))
+                .fact(Fact::Verification("refused"));
+        }
+        let typed = params.get("user_code").unwrap_or("");
+        let Some(user_code) = normalize_user_code(typed) else {
+            self.limits.code_failed(&ip, now);
+            let shown: String = typed.chars().take(20).collect();
+            return self
+                .code_error(t, &shown, CodeError::Malformed)
+                .fact(Fact::Verification("malformed_code"));
+        };
+        let keys = match self.browsers.keys(&self.device).await {
+            Ok(k) => k,
+            Err(e) => return self.browser_error(t, BrowserError::Store(e)),
+        };
+        match params.get("action").unwrap_or("lookup") {
+            "lookup" => {
+                let reply = self.consent(req, t, &user_code, &session.id, keys).await;
+                session.keep(reply)
+            }
+            act @ ("approve" | "deny") => {
+                // The approve/deny form must come from a page this browser got from us. Its
+                // CSRF token exists only for a code that was looked up (and counted) above, so
+                // these actions cannot be used to guess codes.
+                let csrf = params.get("csrf").unwrap_or("");
+                if session.new_cookie.is_some() || !keys.csrf_ok(&session.id, &user_code, csrf) {
+                    tracing::warn!("verification form with a bad CSRF token");
+                    return self
+                        .message(t, Message::LoginMismatch)
+                        .fact(Fact::Verification("refused"));
+                }
+                if act == "deny" {
+                    return self.deny(t, &user_code, now).await;
+                }
+                let binding = keys.browser_binding(&session.id);
+                self.approve(t, &user_code, binding, now).await
+            }
+            _ => self.message(t, Message::BadRequest),
+        }
+    }
+
+    /// The code entry form. §3.3.1: a code from `verification_uri_complete` is only
+    /// prefilled, never acted on.
+    fn enter_page(&self, req: &Request<'_>, t: &Catalog) -> Reply {
+        let Ok(q) = req.query() else {
+            return self.message(t, Message::BadRequest);
+        };
+        let typed = q.get("user_code").unwrap_or("");
+        let shown = normalize_user_code(typed)
+            .map(|c| display_user_code(&c))
+            .unwrap_or_else(|| typed.chars().take(20).collect());
+        let html = self
+            .pages
+            .enter(t, &self.config.device.verification_path, &shown, None);
+        self.page(t, 200, html)
+    }
+
+    /// The code entry form again, with an error above the input (400).
+    fn code_error(&self, t: &Catalog, typed: &str, error: CodeError) -> Reply {
+        let html = self
+            .pages
+            .enter(t, &self.config.device.verification_path, typed, Some(error));
+        self.page(t, 400, html)
+    }
+
+    /// A code was entered: the consent page, showing who asks for what and from where.
+    async fn consent(
+        &self,
+        req: &Request<'_>,
+        t: &Catalog,
+        user_code: &str,
+        browser: &str,
+        keys: BrowserKeys<'_>,
+    ) -> Reply {
+        let now = req.now.secs();
+        let grant = match self.device.lookup(user_code, now).await {
+            Ok(g) => g,
+            Err(BrowserError::UnknownCode) => {
+                let ip = req.ip_key();
+                tracing::info!(client_ip = %ip, "unknown user code entered");
+                self.limits.code_failed(&ip, now);
+                return self
+                    .code_error(t, "", CodeError::Unknown)
+                    .fact(Fact::Verification("unknown_code"));
+            }
+            Err(e) => return self.browser_error(t, e),
+        };
+        let Some(client) = self
+            .config
+            .clients
+            .get(&grant.client_id)
+            .filter(|c| c.enabled)
+        else {
+            return self.refuse_disabled_client(t, user_code, now).await;
+        };
+        let shown = display_user_code(user_code);
+        let csrf = keys.csrf_token(browser, user_code);
+        // §5.4: show where the request came from, and warn when that is not where the person
+        // looking at this page is (a phished user is usually far from the device).
+        let other_network = match (grant.requester_ip.as_deref(), req.client_ip) {
+            (Some(device), Some(browser)) => device
+                .parse()
+                .is_ok_and(|device| !same_network(device, browser)),
+            _ => false,
+        };
+        let html = self.pages.consent(
+            t,
+            &Consent {
+                action: &self.config.device.verification_path,
+                client_id: &client.client_id,
+                client_name: &client.name,
+                client_description: client.description.as_deref(),
+                client_logo: client.logo_url.as_deref(),
+                user_code: &shown,
+                scopes: &grant.scopes,
+                age_secs: now.saturating_sub(grant.created_at),
+                requester_ip: grant.requester_ip.as_deref(),
+                requester_software: grant.requester_software.as_deref(),
+                other_network,
+                csrf: &csrf,
+            },
+        );
+        self.page(t, 200, html).fact(Fact::Audit(Audit::grant(
+            Event::CodeEntered,
+            &grant.id,
+            &grant.client_id,
+        )))
+    }
+
+    /// Deny pressed ("I did not start this"): the device learns it at its next poll.
+    async fn deny(&self, t: &Catalog, user_code: &str, now: u64) -> Reply {
+        match self.device.deny(user_code, now).await {
+            Ok(g) => self
+                .message(t, Message::Denied)
+                .fact(Fact::Verification("denied"))
+                .fact(Fact::Audit(Audit::grant(
+                    Event::Denied(By::User),
+                    &g.id,
+                    &g.client_id,
+                ))),
+            Err(e) => self.browser_error(t, e),
+        }
+    }
+
+    /// The grant's client was disabled (`enabled: false`) after the device asked: the grant is
+    /// denied, so the device learns it at its next poll, and the page says why.
+    pub(super) async fn refuse_disabled_client(
+        &self,
+        t: &Catalog,
+        user_code: &str,
+        now: u64,
+    ) -> Reply {
+        let denied = self
+            .device
+            .transition(Key::UserCode(user_code), |g| {
+                g.deny("the client is disabled", now)
+            })
+            .await;
+        self.disabled_client_page(t, denied)
+    }
+
+    /// The page for a disabled client's grant, with the denial's audit event when the store
+    /// recorded it.
+    pub(super) fn disabled_client_page(
+        &self,
+        t: &Catalog,
+        denied: Result<crate::device::Grant, BrowserError>,
+    ) -> Reply {
+        let reply = self
+            .message(t, Message::ClientDisabled)
+            .fact(Fact::Verification("refused"));
+        match denied {
+            Ok(g) => reply.fact(Fact::Audit(Audit::grant(
+                Event::Denied(By::Operator),
+                &g.id,
+                &g.client_id,
+            ))),
+            Err(e) => {
+                // Already ended (or the store failed): nothing was denied now.
+                tracing::info!(error = ?e, "the disabled client's grant was not denied");
+                reply
+            }
+        }
+    }
+
+    /// The page for a grant the browser could not act on.
+    pub(super) fn browser_error(&self, t: &Catalog, e: BrowserError) -> Reply {
+        match e {
+            BrowserError::UnknownCode => self.code_error(t, "", CodeError::Unknown),
+            BrowserError::Refused(r) => self
+                .message(t, refusal_page(r))
+                .fact(Fact::Verification("refused")),
+            BrowserError::Store(e) => {
+                tracing::error!(error = %e, "store failed");
+                self.message(t, Message::Unavailable)
+            }
+        }
+    }
+}
+
+pub(super) fn refusal_page(r: Refusal) -> Message {
+    match r {
+        Refusal::Expired => Message::Expired,
+        Refusal::AlreadyUsed => Message::AlreadyUsed,
+        Refusal::AlreadyDenied => Message::AlreadyDenied,
+        Refusal::LoginMismatch => Message::LoginMismatch,
+    }
+}
