@@ -6,12 +6,15 @@
 # password: the tokens arrive in the terminal. Ctrl-C stops everything.
 #
 #   ./scripts/demo.sh
+#
+# Run as root on a fresh Debian machine, it installs what it needs first (cmake, a C
+# toolchain, node and npm); otherwise it names the one command that does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
-command -v cmake >/dev/null || { echo "cmake not found: apt-get install cmake (or run ./scripts/test.sh as root once)" >&2; exit 1; }
-command -v node >/dev/null || { echo "node not found: apt-get install nodejs npm" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup (https://rustup.rs), then run ./scripts/demo.sh again" >&2; exit 1; }
+. scripts/lib/prerequisites.sh
+need_packages ./scripts/demo.sh cmake build-essential pkg-config curl ca-certificates nodejs npm
 
 [ -d tests/idp/node_modules/oidc-provider ] || npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 echo "==> building (the first build takes a few minutes)"

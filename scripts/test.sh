@@ -11,26 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq)
-if [ "$(id -u)" -eq 0 ]; then
-  echo "==> apt-get update && apt-get install ${packages[*]}"
-  apt-get update -qq
-  # Keep a newer nodejs that is already installed (e.g. from NodeSource): only add what is missing.
-  missing=()
-  for p in "${packages[@]}"; do
-    case "$p" in
-      nodejs) command -v node >/dev/null || missing+=(nodejs) ;;
-      npm) command -v npm >/dev/null || missing+=(npm) ;;
-      python3-pip) python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip) ;;
-      python3-venv) python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv) ;;
-      *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
-    esac
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  fi
-else
-  echo "==> not root: assuming ${packages[*]} are installed (run as root to install them)"
-fi
+. scripts/lib/prerequisites.sh
+need_packages ./scripts/test.sh "${packages[@]}"
 
 fail() { echo "ERROR: $*" >&2; exit 1; }
 command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup (https://rustup.rs)"

@@ -14,4 +14,5 @@ mod hardening;
 mod interop;
 mod operations;
 mod redis_store;
+mod scripts;
 mod verification_pages;
