@@ -1,4 +1,4 @@
-//! Prometheus metrics, served on the admin listener ([`crate::admin`]).
+//! Prometheus metrics, served on the admin listener (`admin.rs`).
 //!
 //! One [`Metrics`] value holds every family in its own registry (no globals), so tests and
 //! several gateways in one process do not share counters. Label values are bounded: client ids

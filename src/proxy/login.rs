@@ -43,12 +43,7 @@ impl Gateway {
             Ok(g) => g,
             Err(e) => return self.browser_error(t, e),
         };
-        let Some(client) = self
-            .config
-            .clients
-            .get(&grant.client_id)
-            .filter(|c| c.enabled)
-        else {
+        let Some(client) = self.enabled_client(&grant.client_id) else {
             return self.refuse_disabled_client(t, user_code, now).await;
         };
         let state = format!("{}.{}", grant.id, login.state_secret);
@@ -115,12 +110,7 @@ impl Gateway {
             let (secret, binding) = (secret.to_string(), binding.clone());
             move |g: &mut Grant| g.fail_login(&secret, &binding, &reason, retryable)
         };
-        let Some(client) = self
-            .config
-            .clients
-            .get(&grant.client_id)
-            .filter(|c| c.enabled)
-        else {
+        let Some(client) = self.enabled_client(&grant.client_id) else {
             // The kill switch, as on the verification page: the grant is denied.
             let denied = self
                 .device

@@ -186,6 +186,11 @@ impl Gateway {
         }
     }
 
+    /// A configured client that is not switched off.
+    fn enabled_client(&self, client_id: &str) -> Option<&crate::config::Client> {
+        self.config.clients.get(client_id).filter(|c| c.enabled)
+    }
+
     /// The IdP's token path when the gateway answers polls there. Discovery is fetched for a
     /// POST when it has never loaded (at most every few seconds, so a dead IdP does not slow
     /// every POST); other requests use what is cached.

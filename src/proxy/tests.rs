@@ -45,9 +45,10 @@ struct Harness {
 }
 
 fn harness_with(yaml: &str) -> Harness {
-    let prepared = crate::server::prepare_yaml(yaml, &|_| None).unwrap();
+    let config = crate::config::Config::from_yaml(yaml, &|_| None).unwrap();
+    let pages = Pages::new(&config.ui).unwrap();
     let clock = Arc::new(ManualClock::new(START));
-    let gw = Gateway::new(Arc::new(prepared.config), prepared.pages, clock.clone()).unwrap();
+    let gw = Gateway::new(Arc::new(config), pages, clock.clone()).unwrap();
     Harness { gw, clock }
 }
 
@@ -175,6 +176,14 @@ impl Harness {
             .unwrap_or_default()
             .to_string();
         (r, csrf)
+    }
+
+    /// The IdP sends the browser back with this query.
+    async fn callback(&self, query: &str, cookie: &str) -> Reply {
+        let target = format!("/device/callback?{query}");
+        self.send("GET", &target, &[("cookie", cookie)], "")
+            .await
+            .unwrap()
     }
 
     async fn act(&self, cookie: &str, user_code: &str, csrf: &str, action: &str) -> Reply {
@@ -630,14 +639,8 @@ async fn an_idp_refusal_is_audited_once_the_grant_is_denied() {
     let h = harness();
     let (cookie, _, grant, state) = begin_login(&h, None).await;
     let r = h
-        .send(
-            "GET",
-            &format!("/device/callback?state={state}&error=access_denied"),
-            &[("cookie", &cookie)],
-            "",
-        )
-        .await
-        .unwrap();
+        .callback(&format!("state={state}&error=access_denied"), &cookie)
+        .await;
     assert_eq!(r.status, 400);
     assert!(r.facts.contains(&Fact::Verification("login_failed")));
     let a = audits(&r);
@@ -648,14 +651,8 @@ async fn an_idp_refusal_is_audited_once_the_grant_is_denied() {
     assert!(matches!(g.status, Status::Denied { .. }));
     // The same callback again: the grant is already denied, nothing more is audited.
     let r = h
-        .send(
-            "GET",
-            &format!("/device/callback?state={state}&error=access_denied"),
-            &[("cookie", &cookie)],
-            "",
-        )
-        .await
-        .unwrap();
+        .callback(&format!("state={state}&error=access_denied"), &cookie)
+        .await;
     assert_eq!(r.status, 400);
     assert!(events(&r).is_empty());
 }
@@ -665,14 +662,8 @@ async fn a_callback_for_a_disabled_client_denies_its_grant_and_says_so() {
     let h = harness();
     let (cookie, _, grant, state) = begin_login(&h, Some("retired")).await;
     let r = h
-        .send(
-            "GET",
-            &format!("/device/callback?state={state}&code=abc"),
-            &[("cookie", &cookie)],
-            "",
-        )
-        .await
-        .unwrap();
+        .callback(&format!("state={state}&code=abc"), &cookie)
+        .await;
     assert_eq!(r.status, 403, "{}", text(&r));
     assert_eq!(events(&r), [Event::Denied(By::Operator)]);
     let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
@@ -686,14 +677,11 @@ async fn a_callback_naming_the_issuer_with_another_trailing_slash_is_refused() {
     // The issuer is `http://gw.test`: `http://gw.test/` is another issuer (RFC 9207), as
     // discovery already treats it.
     let r = h
-        .send(
-            "GET",
-            &format!("/device/callback?state={state}&error=x&iss=http%3A%2F%2Fgw.test%2F"),
-            &[("cookie", &cookie)],
-            "",
+        .callback(
+            &format!("state={state}&error=x&iss=http%3A%2F%2Fgw.test%2F"),
+            &cookie,
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(r.status, 400);
     assert!(events(&r).is_empty());
     let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
@@ -708,29 +696,15 @@ async fn an_unreachable_idp_at_the_callback_lets_the_user_retry() {
     let h = harness();
     let (cookie, _, grant, state) = begin_login(&h, None).await;
     let r = h
-        .send(
-            "GET",
-            &format!("/device/callback?state={state}&code=abc"),
-            &[("cookie", &cookie)],
-            "",
-        )
-        .await
-        .unwrap();
+        .callback(&format!("state={state}&code=abc"), &cookie)
+        .await;
     assert_eq!(r.status, 502, "{}", text(&r));
     assert_eq!(r.facts, vec![Fact::Verification("login_retry")]);
     let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
     assert_eq!(g.status, Status::Pending);
     // A callback from another browser is refused and changes nothing.
     let (other, _) = h.browser().await;
-    let r = h
-        .send(
-            "GET",
-            &format!("/device/callback?state={state}&code=abc"),
-            &[("cookie", &other)],
-            "",
-        )
-        .await
-        .unwrap();
+    let r = h.callback(&format!("state={state}&code=abc"), &other).await;
     assert_eq!(r.status, 400);
     assert!(events(&r).is_empty());
 }
@@ -752,4 +726,149 @@ async fn page_headers_are_built_once_not_per_page() {
     };
     // Clones of one value built at start-up share its bytes.
     assert_eq!(csp(&a), csp(&b));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A callback whose code exchange succeeds, against a minimal IdP on loopback.
+
+/// What the test IdP answers: the token response and the key set, set once the login is begun.
+type Answers = Arc<std::sync::Mutex<(String, String)>>;
+
+/// Serves `/token` and `/jwks` on 127.0.0.1, one request per connection, with what `Answers`
+/// holds at the time. Returns the address.
+async fn token_server(answers: Answers) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // The head, then as much body as Content-Length says.
+                let (head, body_len) = loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (head, end + 4 + len);
+                    }
+                };
+                while buf.len() < body_len {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = {
+                    let a = answers.lock().unwrap();
+                    if head.starts_with("post /token") {
+                        a.0.clone()
+                    } else {
+                        a.1.clone()
+                    }
+                };
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway whose IdP answers the code exchange of the login begun on it with a valid ID
+/// token for `sub`: (harness, cookie, grant id, state).
+async fn with_a_working_idp(sub: &str) -> (Harness, String, String, String) {
+    use openidconnect::core::{
+        CoreIdToken, CoreIdTokenClaims, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+        CoreRsaPrivateSigningKey,
+    };
+    use openidconnect::{
+        Audience, EmptyAdditionalClaims, IssuerUrl, JsonWebKeyId, Nonce, PrivateSigningKey,
+        StandardClaims, SubjectIdentifier,
+    };
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+
+    let answers = Answers::default();
+    let addr = token_server(answers.clone()).await;
+    let h = harness_with(&CONFIG.replace("127.0.0.1:9", &addr.to_string()));
+    let (cookie, _, grant, state) = begin_login(&h, None).await;
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    let Status::Authorizing(login) = &g.status else {
+        panic!("not authorizing: {:?}", g.status)
+    };
+    let rsa_key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+    let pem = rsa_key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
+    let key =
+        CoreRsaPrivateSigningKey::from_pem(&pem, Some(JsonWebKeyId::new("k1".into()))).unwrap();
+    let now = h.clock.now().secs() as i64;
+    let claims = CoreIdTokenClaims::new(
+        IssuerUrl::new("http://gw.test".into()).unwrap(),
+        vec![Audience::new("tv-app".into())],
+        chrono::DateTime::from_timestamp(now + 3600, 0).unwrap(),
+        chrono::DateTime::from_timestamp(now - 10, 0).unwrap(),
+        StandardClaims::new(SubjectIdentifier::new(sub.into())),
+        EmptyAdditionalClaims {},
+    )
+    .set_nonce(Some(Nonce::new(login.nonce.clone())));
+    let id_token = CoreIdToken::new(
+        claims,
+        &key,
+        CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+        None,
+        None,
+    )
+    .unwrap();
+    let tokens = serde_json::json!({
+        "access_token": "AT", "token_type": "Bearer", "expires_in": 300,
+        "id_token": id_token.to_string(),
+    });
+    let jwks = CoreJsonWebKeySet::new(vec![key.as_verification_key()]);
+    *answers.lock().unwrap() = (tokens.to_string(), serde_json::to_string(&jwks).unwrap());
+    (h, cookie, grant, state)
+}
+
+#[tokio::test]
+async fn a_verified_login_approves_the_grant_and_is_audited_with_its_subject() {
+    let (h, cookie, grant, state) = with_a_working_idp("alice").await;
+    let r = h
+        .callback(&format!("state={state}&code=abc"), &cookie)
+        .await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert!(r.facts.contains(&Fact::Verification("approved")));
+    let a = audits(&r);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].event, Event::Approved);
+    assert_eq!(a[0].grant.as_deref(), Some(grant.as_str()));
+    assert_eq!(a[0].sub.as_deref(), Some("alice"));
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    assert!(matches!(g.status, Status::Approved { .. }));
+}
+
+#[tokio::test]
+async fn a_login_that_ends_after_the_grant_expired_approves_nothing_and_audits_nothing() {
+    let (h, cookie, grant, state) = with_a_working_idp("alice").await;
+    // The user took longer at the IdP than the grant lives: the exchange succeeds, the
+    // approval does not (the audit event used to be written before the store said so).
+    h.advance(601);
+    let r = h
+        .callback(&format!("state={state}&code=abc"), &cookie)
+        .await;
+    assert_eq!(r.status, 400, "{}", text(&r));
+    assert_eq!(r.facts, vec![Fact::Verification("refused")]);
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    assert!(matches!(g.status, Status::Authorizing(_)), "{:?}", g.status);
 }

@@ -147,12 +147,7 @@ impl Gateway {
             }
             Err(e) => return self.browser_error(t, e),
         };
-        let Some(client) = self
-            .config
-            .clients
-            .get(&grant.client_id)
-            .filter(|c| c.enabled)
-        else {
+        let Some(client) = self.enabled_client(&grant.client_id) else {
             return self.refuse_disabled_client(t, user_code, now).await;
         };
         let shown = display_user_code(user_code);
