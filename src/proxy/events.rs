@@ -178,3 +178,32 @@ fn audit(a: &Audit, client_ip: &str) {
         tracing::info!(target: "audit", event, by, limit, grant, client_id, sub, error, client_ip);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_become_the_documented_series() {
+        let m = Metrics::new().unwrap();
+        let mut facts = vec![
+            Fact::Verification("refused"),
+            Fact::Poll("delivered"),
+            Fact::DeviceAuthorization {
+                client: "tv".into(),
+                result: "issued",
+            },
+        ];
+        facts.extend(limited("code_failures"));
+        record(&m, &facts, "127.0.0.1");
+        let text = String::from_utf8(m.render()).unwrap();
+        for series in [
+            r#"devicegate_verifications_total{outcome="refused"} 1"#,
+            r#"devicegate_polls_total{outcome="delivered"} 1"#,
+            r#"devicegate_device_authorizations_total{client_id="tv",result="issued"} 1"#,
+            r#"devicegate_rate_limited_total{limit="code_failures"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} in {text}");
+        }
+    }
+}

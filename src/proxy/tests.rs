@@ -856,6 +856,15 @@ async fn a_verified_login_approves_the_grant_and_is_audited_with_its_subject() {
     assert_eq!(a[0].sub.as_deref(), Some("alice"));
     let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
     assert!(matches!(g.status, Status::Approved { .. }));
+    // Both back-channel calls are timed where they happen (the JWKS one was documented but
+    // never emitted).
+    let metrics = String::from_utf8(h.gw.metrics.render()).unwrap();
+    for op in ["token", "jwks"] {
+        let series = format!(
+            "devicegate_upstream_request_seconds_count{{operation=\"{op}\",result=\"ok\"}} 1"
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 }
 
 #[tokio::test]
