@@ -229,6 +229,19 @@ fn redis_store() {
 }
 
 #[test]
+fn bodies_are_capped_at_what_can_be_relayed() {
+    // A token-endpoint body is read to see its grant type, then relayed from Pingora's 64 KiB
+    // retry buffer: a larger limit used to let refresh requests reach the IdP without a body.
+    let errs = errors(&format!("{GOOD}limits:\n  max_body_bytes: 100000\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("limits.max_body_bytes") && e.contains("65536")),
+        "{errs:?}"
+    );
+    assert!(errors(&format!("{GOOD}limits:\n  max_body_bytes: 65536\n")).is_empty());
+}
+
+#[test]
 fn env_expansion() {
     let env = |n: &str| (n == "A").then(|| "x".to_string());
     assert_eq!(env::expand_str("a${A}b", &env).unwrap(), "axb");

@@ -268,6 +268,9 @@ pub(super) fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
     })
 }
 
+/// The most of a request body Pingora can relay after devicegate has read it (its retry buffer).
+pub const MAX_RELAYED_BODY: usize = 64 * 1024;
+
 pub(super) fn validate_limits(errs: &mut Errors, l: Limits) -> Option<Limits> {
     let before = errs.0.len();
     if l.code_failures_per_ip == 0 {
@@ -288,8 +291,14 @@ pub(super) fn validate_limits(errs: &mut Errors, l: Limits) -> Option<Limits> {
             "must be between 60 and 86400",
         );
     }
-    if !(1024..=1024 * 1024).contains(&l.max_body_bytes) {
-        errs.push("limits.max_body_bytes", "must be between 1024 and 1048576");
+    // A POST to the token endpoint is read to tell a device-code poll from other grants, and
+    // Pingora keeps at most 64 KiB of what was read to relay it: a larger body would reach the
+    // IdP as its headers only.
+    if !(1024..=MAX_RELAYED_BODY).contains(&l.max_body_bytes) {
+        errs.push(
+            "limits.max_body_bytes",
+            format!("must be between 1024 and {MAX_RELAYED_BODY}: a larger token-endpoint body cannot be relayed once read"),
+        );
     }
     if !(256..=64 * 1024).contains(&l.max_query_bytes) {
         errs.push("limits.max_query_bytes", "must be between 256 and 65536");

@@ -134,6 +134,15 @@ impl MemoryStore {
         }
     }
 
+    /// Takes one of the `max_pending` slots, if one is free.
+    fn reserve(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_pending).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     fn primary(&self, key: Key<'_>) -> Option<Key16> {
         match key {
             Key::DeviceCodeHash(h) => Some(key16(h)),
@@ -153,13 +162,13 @@ impl Store for MemoryStore {
     async fn insert(&self, grant: &Grant) -> Result<(), StoreError> {
         let json = encode(grant)?;
         // Reserve a slot first so concurrent inserts cannot overshoot max_pending.
-        let reserved = self
-            .live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_pending).then_some(n + 1)
-            });
-        if reserved.is_err() {
-            return Err(StoreError::Full);
+        if !self.reserve() {
+            // moka evicts expired entries only as the cache is used: when only device requests
+            // arrive, nothing else would ever free the slots of grants long gone.
+            self.grants.run_pending_tasks().await;
+            if !self.reserve() {
+                return Err(StoreError::Full);
+            }
         }
         let primary = key16(&grant.device_code_hash);
         let slot = Arc::new(Slot {
@@ -260,5 +269,25 @@ mod tests {
         assert_eq!(store.count().await.unwrap(), 0);
         assert!(lock(&store.by_user_code).is_empty() && lock(&store.by_id).is_empty());
         store.insert(&g).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_store_frees_the_slots_of_expired_grants_by_itself() {
+        // Only inserts arrive (no poll, no lookup of a live grant): the store used to answer
+        // Full for ever, since nothing made moka run its evictions.
+        let store = MemoryStore::new(Duration::from_millis(50), 2);
+        let numbered = |n: u8| {
+            let mut g = crate::device::grant::tests::grant(0);
+            g.id = format!("id{n}");
+            g.device_code_hash = format!("hash{n}");
+            g.user_code = format!("CODE000{n}");
+            g
+        };
+        store.insert(&numbered(1)).await.unwrap();
+        store.insert(&numbered(2)).await.unwrap();
+        assert_eq!(store.insert(&numbered(3)).await, Err(StoreError::Full));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        store.insert(&numbered(3)).await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 1);
     }
 }

@@ -61,7 +61,10 @@ impl Gateway {
         };
         let device_endpoint = self.config.public(&self.config.device.authorization_path);
         let body = if resp.status == 200 {
-            if oidc {
+            // Learned only from the document's fixed URL: a query (Entra's `?appid=`) may make
+            // the IdP answer another document, and whoever sends it must not choose the keys
+            // the gateway trusts.
+            if oidc && req.head.uri.query().is_none() {
                 if let Err(e) = self.oidc.learn_discovery(&resp.body).await {
                     tracing::warn!(error = %e, "discovery document not usable");
                 }

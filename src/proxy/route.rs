@@ -140,7 +140,7 @@ impl Routes {
         }
         // Every pass-through request comes here: normalise (and allocate) only paths that have
         // something to normalise; others can differ from an owned path in letter case only.
-        let needs_normalising = path.contains(['%', '\\'])
+        let needs_normalising = path.contains(['%', '\\', ';'])
             || path.contains("//")
             || path.contains("/.")
             || (path.len() > 1 && path.ends_with('/'));
@@ -164,8 +164,8 @@ pub fn qr_path(verification_path: &str) -> String {
 }
 
 /// `path` as a server that normalises paths may read it: percent-decoded (repeatedly, so
-/// `%252e` counts), `\\` read as `/`, empty and `.` segments dropped, `..` applied, no trailing
-/// slash.
+/// `%252e` counts), `\\` read as `/`, `;parameters` cut from each segment (Tomcat and Jetty
+/// strip them), empty and `.` segments dropped, `..` applied, no trailing slash.
 fn normal_form(path: &str) -> String {
     let mut decoded = path.to_string();
     for _ in 0..3 {
@@ -178,6 +178,7 @@ fn normal_form(path: &str) -> String {
     let decoded = decoded.replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
+        let seg = seg.split(';').next().unwrap_or_default();
         match seg {
             "" | "." => {}
             ".." => {
@@ -259,6 +260,17 @@ mod tests {
             (&get, "/interaction/abc", Route::PassThrough),
             (&post, "/Token", Route::Disguised("/token".into())),
             (&get, "/device/", Route::Disguised("/device".into())),
+            // Tomcat/Jetty-style path parameters are stripped by such IdPs.
+            (
+                &post,
+                "/token;jsessionid=x",
+                Route::Disguised("/token".into()),
+            ),
+            (
+                &post,
+                "/device/code;x",
+                Route::Disguised("/device/code".into()),
+            ),
         ] {
             assert_eq!(r.classify(method, path, token), route, "{method} {path}");
         }
@@ -292,6 +304,9 @@ mod tests {
             ("/../../token", "/token"),
             ("/interaction/abc", "/interaction/abc"),
             ("/%zz/%", "/%zz/%"),
+            ("/token;jsessionid=x", "/token"),
+            ("/device;a=b/code;c", "/device/code"),
+            ("/device/..;/token", "/token"),
         ] {
             assert_eq!(normal_form(raw), plain, "{raw}");
         }

@@ -731,12 +731,13 @@ async fn page_headers_are_built_once_not_per_page() {
 // ---------------------------------------------------------------------------------------------
 // A callback whose code exchange succeeds, against a minimal IdP on loopback.
 
-/// What the test IdP answers: the token response and the key set, set once the login is begun.
-type Answers = Arc<std::sync::Mutex<(String, String)>>;
+/// What the test IdP answers: the JSON body for the first request line (lower case) that
+/// starts with the prefix; 404 for others. Set as the test goes.
+type Answers = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
-/// Serves `/token` and `/jwks` on 127.0.0.1, one request per connection, with what `Answers`
-/// holds at the time. Returns the address.
-async fn token_server(answers: Answers) -> std::net::SocketAddr {
+/// A minimal IdP on 127.0.0.1, one request per connection, answering what `Answers` holds at
+/// the time. Returns the address.
+async fn test_idp(answers: Answers) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -770,16 +771,18 @@ async fn token_server(answers: Answers) -> std::net::SocketAddr {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let body = {
-                    let a = answers.lock().unwrap();
-                    if head.starts_with("post /token") {
-                        a.0.clone()
-                    } else {
-                        a.1.clone()
-                    }
+                let found = answers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(prefix, _)| head.starts_with(prefix.as_str()))
+                    .map(|(_, body)| body.clone());
+                let (status, body) = match found {
+                    Some(body) => ("200 OK", body),
+                    None => ("404 Not Found", "{}".to_string()),
                 };
                 let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(reply.as_bytes()).await;
@@ -803,7 +806,7 @@ async fn with_a_working_idp(sub: &str) -> (Harness, String, String, String) {
     use rsa::pkcs1::EncodeRsaPrivateKey;
 
     let answers = Answers::default();
-    let addr = token_server(answers.clone()).await;
+    let addr = test_idp(answers.clone()).await;
     let h = harness_with(&CONFIG.replace("127.0.0.1:9", &addr.to_string()));
     let (cookie, _, grant, state) = begin_login(&h, None).await;
     let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
@@ -837,7 +840,10 @@ async fn with_a_working_idp(sub: &str) -> (Harness, String, String, String) {
         "id_token": id_token.to_string(),
     });
     let jwks = CoreJsonWebKeySet::new(vec![key.as_verification_key()]);
-    *answers.lock().unwrap() = (tokens.to_string(), serde_json::to_string(&jwks).unwrap());
+    *answers.lock().unwrap() = vec![
+        ("post /token ".into(), tokens.to_string()),
+        ("get /jwks ".into(), serde_json::to_string(&jwks).unwrap()),
+    ];
     (h, cookie, grant, state)
 }
 
@@ -880,4 +886,48 @@ async fn a_login_that_ends_after_the_grant_expired_approves_nothing_and_audits_n
     assert_eq!(r.facts, vec![Fact::Verification("refused")]);
     let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
     assert!(matches!(g.status, Status::Authorizing(_)), "{:?}", g.status);
+}
+
+#[tokio::test]
+async fn discovery_is_learned_from_its_fixed_url_only() {
+    let answers = Answers::default();
+    let addr = test_idp(answers.clone()).await;
+    let doc = |jwks: &str| {
+        format!(
+            r#"{{"issuer":"http://gw.test","authorization_endpoint":"http://gw.test/auth","token_endpoint":"http://gw.test/token","jwks_uri":"{jwks}"}}"#
+        )
+    };
+    // Entra varies discovery by `?appid=`: whoever adds a query must not choose the keys the
+    // gateway trusts.
+    *answers.lock().unwrap() = vec![
+        (
+            "get /.well-known/openid-configuration?".into(),
+            doc("http://evil.example/keys"),
+        ),
+        (
+            "get /.well-known/openid-configuration ".into(),
+            doc("http://gw.test/jwks"),
+        ),
+    ];
+    let h = harness_with(&CONFIG.replace("127.0.0.1:9", &addr.to_string()));
+    let r = h
+        .send("GET", "/.well-known/openid-configuration?appid=x", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        json(&r)["device_authorization_endpoint"],
+        "http://gw.test/device/code"
+    );
+    assert!(
+        h.gw.oidc.cached_discovery().await.is_none(),
+        "a document fetched with a query was learned"
+    );
+    let r = h
+        .send("GET", "/.well-known/openid-configuration", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let learned = h.gw.oidc.cached_discovery().await.unwrap();
+    assert_eq!(learned.jwks_uri.as_str(), "http://gw.test/jwks");
 }
