@@ -86,6 +86,10 @@ pub struct Login {
     /// HMAC (keyed with the store's shared secret) of the browser session cookie that started
     /// the login: a callback URL replayed in another browser cannot approve this device.
     pub browser_binding: String,
+    /// A callback has taken this login and is exchanging its code: a second callback (a
+    /// double click, a replay in the same browser) must not exchange it again.
+    #[serde(default)]
+    pub claimed: bool,
 }
 
 impl std::fmt::Debug for Login {
@@ -218,6 +222,24 @@ impl Grant {
         }
     }
 
+    /// A callback takes the login in progress before it exchanges the code, so that of two
+    /// callbacks at once only one reaches the IdP (a code exchanged twice is revoked by IdPs
+    /// that detect reuse, RFC 6749 §4.1.2).
+    pub fn claim_login(
+        &mut self,
+        state_secret: &str,
+        browser_binding: &str,
+    ) -> Result<(), Refusal> {
+        self.check_login(state_secret, browser_binding)?;
+        match &mut self.status {
+            Status::Authorizing(login) if !login.claimed => {
+                login.claimed = true;
+                Ok(())
+            }
+            _ => Err(Refusal::LoginMismatch),
+        }
+    }
+
     /// The IdP returned valid tokens for the login in progress.
     pub fn approve(
         &mut self,
@@ -288,6 +310,7 @@ pub(crate) mod tests {
             nonce: "n".into(),
             pkce_verifier: "v".into(),
             browser_binding: "b".into(),
+            claimed: false,
         }
     }
 
@@ -392,6 +415,17 @@ pub(crate) mod tests {
             g.approve("s", "b", tokens(), None, 3),
             Err(Refusal::AlreadyUsed)
         );
+    }
+
+    #[test]
+    fn a_login_is_claimed_once() {
+        let mut g = grant(0);
+        g.begin_login(login(), 1).unwrap();
+        assert_eq!(g.claim_login("x", "b"), Err(Refusal::LoginMismatch));
+        g.claim_login("s", "b").unwrap();
+        assert_eq!(g.claim_login("s", "b"), Err(Refusal::LoginMismatch));
+        // The claimed login still completes.
+        g.approve("s", "b", tokens(), None, 2).unwrap();
     }
 
     #[test]

@@ -469,6 +469,7 @@ mod tests {
             nonce: "n".into(),
             pkce_verifier: "v".into(),
             browser_binding: "b".into(),
+            claimed: false,
         };
         let g = svc
             .begin_login(&issued.user_code, login, 111)

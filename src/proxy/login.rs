@@ -38,6 +38,7 @@ impl Gateway {
             nonce: random_token(16),
             pkce_verifier: random_token(32),
             browser_binding,
+            claimed: false,
         };
         let grant = match self.device.begin_login(user_code, login.clone(), now).await {
             Ok(g) => g,
@@ -105,6 +106,16 @@ impl Gateway {
         let Status::Authorizing(login) = &grant.status else {
             return mismatch();
         };
+        // Take the login before anything reaches the IdP: of two callbacks at once, one
+        // exchanges the code and the other is refused.
+        let claim = {
+            let (secret, binding) = (secret.to_string(), binding.clone());
+            move |g: &mut Grant| g.claim_login(&secret, &binding)
+        };
+        if let Err(e) = self.device.transition(Key::Id(id), claim).await {
+            tracing::warn!(grant = %grant.id, error = ?e, "login callback refused: the login is taken");
+            return self.browser_error(t, e);
+        }
         let now = req.now.secs();
         let fail = |reason: String, retryable: bool| {
             let (secret, binding) = (secret.to_string(), binding.clone());

@@ -589,6 +589,7 @@ async fn begin_login(h: &Harness, client: Option<&str>) -> (String, String, Stri
             nonce: "n".into(),
             pkce_verifier: "v".into(),
             browser_binding: keys.browser_binding(id),
+            claimed: false,
         };
         let g =
             h.gw.device
@@ -738,12 +739,19 @@ type Answers = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 /// A minimal IdP on 127.0.0.1, one request per connection, answering what `Answers` holds at
 /// the time. Returns the address.
 async fn test_idp(answers: Answers) -> std::net::SocketAddr {
+    test_idp_logging(answers, Hits::default()).await
+}
+
+/// The request lines a test IdP was sent.
+type Hits = Arc<std::sync::Mutex<Vec<String>>>;
+
+async fn test_idp_logging(answers: Answers, hits: Hits) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let answers = answers.clone();
+            let (answers, hits) = (answers.clone(), hits.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -771,6 +779,9 @@ async fn test_idp(answers: Answers) -> std::net::SocketAddr {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
+                hits.lock()
+                    .unwrap()
+                    .push(head.lines().next().unwrap_or_default().to_string());
                 let found = answers
                     .lock()
                     .unwrap()
@@ -795,6 +806,12 @@ async fn test_idp(answers: Answers) -> std::net::SocketAddr {
 /// A gateway whose IdP answers the code exchange of the login begun on it with a valid ID
 /// token for `sub`: (harness, cookie, grant id, state).
 async fn with_a_working_idp(sub: &str) -> (Harness, String, String, String) {
+    let (h, cookie, grant, state, _) = with_a_working_idp_logging(sub).await;
+    (h, cookie, grant, state)
+}
+
+/// [`with_a_working_idp`], and the request lines the IdP is sent.
+async fn with_a_working_idp_logging(sub: &str) -> (Harness, String, String, String, Hits) {
     use openidconnect::core::{
         CoreIdToken, CoreIdTokenClaims, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
         CoreRsaPrivateSigningKey,
@@ -805,8 +822,8 @@ async fn with_a_working_idp(sub: &str) -> (Harness, String, String, String) {
     };
     use rsa::pkcs1::EncodeRsaPrivateKey;
 
-    let answers = Answers::default();
-    let addr = test_idp(answers.clone()).await;
+    let (answers, hits) = (Answers::default(), Hits::default());
+    let addr = test_idp_logging(answers.clone(), hits.clone()).await;
     let h = harness_with(&CONFIG.replace("127.0.0.1:9", &addr.to_string()));
     let (cookie, _, grant, state) = begin_login(&h, None).await;
     let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
@@ -844,7 +861,31 @@ async fn with_a_working_idp(sub: &str) -> (Harness, String, String, String) {
         ("post /token ".into(), tokens.to_string()),
         ("get /jwks ".into(), serde_json::to_string(&jwks).unwrap()),
     ];
-    (h, cookie, grant, state)
+    (h, cookie, grant, state, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_callbacks_at_once_exchange_the_code_once() {
+    let (h, cookie, grant, state, hits) = with_a_working_idp_logging("alice").await;
+    let query = format!("state={state}&code=abc");
+    let (a, b) = tokio::join!(h.callback(&query, &cookie), h.callback(&query, &cookie));
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 400], "{} / {}", text(&a), text(&b));
+    let exchanges = hits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("post /token"))
+        .count();
+    assert_eq!(exchanges, 1, "the code went to the IdP {exchanges} times");
+    let approved: usize = [&a, &b]
+        .iter()
+        .map(|r| events(r).iter().filter(|e| **e == Event::Approved).count())
+        .sum();
+    assert_eq!(approved, 1);
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    assert!(matches!(g.status, Status::Approved { .. }));
 }
 
 #[tokio::test]
