@@ -78,8 +78,12 @@ pub struct Oidc {
     /// Every back-channel call is timed here, by operation (`discovery`, `token`, `jwks`).
     metrics: Arc<Metrics>,
     discovery: RwLock<Option<Arc<Discovery>>>,
-    /// When discovery was last tried without success being cached.
-    last_attempt: std::sync::Mutex<Option<Instant>>,
+    /// One discovery fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// A background load ([`Oidc::warm`]) is under way.
+    warming: std::sync::atomic::AtomicBool,
+    /// When the last discovery fetch failed, if it did.
+    last_failure: std::sync::Mutex<Option<Instant>>,
     jwks: RwLock<Option<(Arc<CoreJsonWebKeySet>, Instant)>>,
 }
 
@@ -118,7 +122,9 @@ impl Oidc {
             config,
             metrics,
             discovery: RwLock::new(None),
-            last_attempt: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            warming: std::sync::atomic::AtomicBool::new(false),
+            last_failure: std::sync::Mutex::new(None),
             jwks: RwLock::new(None),
         })
     }
@@ -211,36 +217,77 @@ impl Oidc {
     }
 
     /// The cached discovery, fetched again when older than five minutes or never loaded.
+    /// Concurrent callers share one fetch.
     pub async fn discovery(&self) -> Result<Arc<Discovery>, UpstreamError> {
-        if let Some(d) = self.discovery.read().await.as_ref() {
-            if d.fetched.elapsed() < METADATA_TTL {
-                return Ok(d.clone());
+        if let Some(d) = self.fresh_discovery().await {
+            return Ok(d);
+        }
+        let _one_fetch = self.fetching.lock().await;
+        // Another caller may have fetched it while this one waited.
+        if let Some(d) = self.fresh_discovery().await {
+            return Ok(d);
+        }
+        let fetched = async {
+            let url = self.discovery_url()?;
+            let resp = self.get("discovery", &url).await?;
+            if resp.status != 200 {
+                return Err(UpstreamError::Invalid(format!(
+                    "discovery answered HTTP {}",
+                    resp.status
+                )));
             }
+            self.learn_discovery(&resp.body).await
         }
-        let url = self.discovery_url()?;
-        let resp = self.get("discovery", &url).await?;
-        if resp.status != 200 {
-            return Err(UpstreamError::Invalid(format!(
-                "discovery answered HTTP {}",
-                resp.status
-            )));
-        }
-        self.learn_discovery(&resp.body).await
+        .await;
+        let mut failed = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *failed = fetched.is_err().then(Instant::now);
+        fetched
     }
 
-    /// Tries to load discovery unless an attempt was made in the last five seconds.
-    pub async fn discovery_if_due(&self) -> Option<Arc<Discovery>> {
-        {
-            let mut last = self
-                .last_attempt
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
-                return None;
+    async fn fresh_discovery(&self) -> Option<Arc<Discovery>> {
+        let cached = self.discovery.read().await;
+        cached
+            .as_ref()
+            .filter(|d| d.fetched.elapsed() < METADATA_TTL)
+            .cloned()
+    }
+
+    /// [`Self::discovery`], but failing at once while the last fetch failed less than five
+    /// seconds ago, so a dead IdP does not hold every device-code poll for the timeout.
+    pub async fn discovery_if_due(&self) -> Result<Arc<Discovery>, UpstreamError> {
+        let recently_failed = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+        if recently_failed {
+            if let Some(d) = self.cached_discovery().await {
+                return Ok(d);
             }
-            *last = Some(Instant::now());
+            return Err(UpstreamError::Unreachable(
+                "discovery failed moments ago".into(),
+            ));
         }
-        self.discovery().await.ok()
+        self.discovery().await
+    }
+
+    /// Starts loading discovery in the background unless that is under way: requests that need
+    /// only what is cached (routing) never wait for the IdP.
+    pub fn warm(self: &Arc<Self>) {
+        if self.warming.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let oidc = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = oidc.discovery_if_due().await {
+                tracing::debug!(error = %e, "discovery not loaded yet");
+            }
+            oidc.warming
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// The discovery already loaded (possibly stale), without fetching.

@@ -98,13 +98,18 @@ pub struct RequestCtx {
 enum TokenPath<'a> {
     Configured(&'a str),
     Discovered(Arc<Discovery>),
+    /// Discovery is loaded, and the token endpoint is on another origin than the gateway's.
+    NotOurs,
+    /// Not configured, and discovery has not loaded yet.
+    Unknown,
 }
 
 impl TokenPath<'_> {
-    fn path(&self) -> &str {
+    fn path(&self) -> Option<&str> {
         match self {
-            Self::Configured(p) => p,
-            Self::Discovered(d) => d.token_endpoint.path(),
+            Self::Configured(p) => Some(p),
+            Self::Discovered(d) => Some(d.token_endpoint.path()),
+            Self::NotOurs | Self::Unknown => None,
         }
     }
 }
@@ -191,33 +196,44 @@ impl Gateway {
         self.config.clients.get(client_id).filter(|c| c.enabled)
     }
 
-    /// The IdP's token path when the gateway answers polls there. Discovery is fetched for a
-    /// POST when it has never loaded (at most every few seconds, so a dead IdP does not slow
-    /// every POST); other requests use what is cached.
-    async fn token_path(&self, fetch: bool) -> Option<TokenPath<'_>> {
+    /// The IdP's token path, when it is known without waiting: configured, or from the
+    /// discovery already loaded.
+    async fn token_path(&self) -> TokenPath<'_> {
         if let Some(p) = &self.config.upstream.token_path {
-            return Some(TokenPath::Configured(p));
+            return TokenPath::Configured(p);
         }
-        let disc = match self.oidc.cached_discovery().await {
-            Some(d) => Some(d),
-            None if fetch => self.oidc.discovery_if_due().await,
-            None => None,
-        }?;
-        // At the IdP's origin, the IdP's token endpoint is ours when it is on that origin; on
-        // its own origin the gateway advertises the IdP's token path on itself.
-        let ours = self.own_origin.is_some()
-            || disc.token_endpoint.origin() == self.config.public_url.origin();
-        ours.then_some(TokenPath::Discovered(disc))
+        match self.oidc.cached_discovery().await {
+            Some(d) if self.answers_polls_at(&d) => TokenPath::Discovered(d),
+            Some(_) => TokenPath::NotOurs,
+            None => {
+                self.oidc.warm();
+                TokenPath::Unknown
+            }
+        }
+    }
+
+    /// At the IdP's origin, the IdP's token endpoint is ours when it is on that origin; on its
+    /// own origin the gateway advertises the IdP's token path on itself.
+    fn answers_polls_at(&self, disc: &Discovery) -> bool {
+        self.own_origin.is_some() || disc.token_endpoint.origin() == self.config.public_url.origin()
     }
 
     /// The route of a request.
     pub async fn classify(&self, head: &RequestHeader) -> Route {
-        let token = self.token_path(head.method == http::Method::POST).await;
-        self.routes.classify(
-            &head.method,
-            head.uri.path(),
-            token.as_ref().map(TokenPath::path),
-        )
+        let token = self.token_path().await;
+        let route = self
+            .routes
+            .classify(&head.method, head.uri.path(), token.path());
+        // Before discovery has loaded, any POST may be a device-code poll: the token handler
+        // reads it, and waits for discovery only if it is one (a poll relayed to an IdP without
+        // the device flow would get `unsupported_grant_type`, which ends the device's flow).
+        if route == Route::PassThrough
+            && head.method == http::Method::POST
+            && matches!(token, TokenPath::Unknown)
+        {
+            return Route::Token;
+        }
+        route
     }
 
     /// What is answered before the body is read: a method the route does not take, a request

@@ -972,3 +972,70 @@ async fn discovery_is_learned_from_its_fixed_url_only() {
     let learned = h.gw.oidc.cached_discovery().await.unwrap();
     assert_eq!(learned.jwks_uri.as_str(), "http://gw.test/jwks");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_are_answered_from_the_very_first_request() {
+    let answers = Answers::default();
+    let addr = test_idp(answers.clone()).await;
+    *answers.lock().unwrap() = vec![(
+        "get /.well-known/openid-configuration ".into(),
+        r#"{"issuer":"http://gw.test","authorization_endpoint":"http://gw.test/auth","token_endpoint":"http://gw.test/token","jwks_uri":"http://gw.test/jwks"}"#.into(),
+    )];
+    // No upstream.token_path: the token path comes from discovery, which has not loaded.
+    let h = harness_with(
+        &CONFIG
+            .replace("127.0.0.1:9", &addr.to_string())
+            .replace("  token_path: /token\n", ""),
+    );
+    let (device_code, _) = h.authorize().await;
+    let body = format!("grant_type={DEVICE_GRANT}&client_id=tv-app&device_code={device_code}");
+    let h = Arc::new(h);
+    let polls: Vec<_> = (0..30)
+        .map(|i| {
+            let (body, h) = (body.clone(), h.clone());
+            tokio::spawn(async move {
+                let ip = format!("127.0.1.{i}");
+                h.send_from(&ip, "POST", "/token", &[FORM], &body).await
+            })
+        })
+        .collect();
+    for poll in polls {
+        // Relayed (None) used to happen to the polls that came while the first fetch ran.
+        let r = poll.await.unwrap();
+        let r = r
+            .as_ref()
+            .expect("a device-code poll was relayed to the IdP");
+        assert!(
+            matches!(
+                json(r)["error"].as_str(),
+                Some("authorization_pending" | "slow_down")
+            ),
+            "{}",
+            text(r)
+        );
+    }
+    // Other grants still pass through, and so do other POSTs.
+    assert!(h
+        .send(
+            "POST",
+            "/token",
+            &[FORM],
+            "grant_type=refresh_token&refresh_token=x"
+        )
+        .await
+        .is_none());
+    assert!(h
+        .send("POST", "/interaction/x/login", &[FORM], "login=a")
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_poll_while_the_idp_cannot_be_asked_is_told_to_come_back() {
+    let h = harness_with(&CONFIG.replace("  token_path: /token\n", ""));
+    let body = format!("grant_type={DEVICE_GRANT}&client_id=tv-app&device_code=x");
+    let r = h.send("POST", "/token", &[FORM], &body).await.unwrap();
+    assert_eq!(r.status, 503, "{}", text(&r));
+    assert_eq!(json(&r)["error"], "temporarily_unavailable");
+    assert!(r.header_value("retry-after").is_some());
+}

@@ -17,6 +17,23 @@ impl Gateway {
         if !ours {
             return None;
         }
+        if self.config.upstream.token_path.is_none() {
+            // Routed here before discovery had loaded: learn the token path now (one fetch
+            // shared by every poll waiting for it), and relay what is not a poll of it.
+            match self.oidc.discovery_if_due().await {
+                Ok(d)
+                    if self.answers_polls_at(&d)
+                        && d.token_endpoint.path() == req.head.uri.path() => {}
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "device-code poll before discovery could load");
+                    let e = OAuthError::TemporarilyUnavailable(
+                        "the identity provider is unreachable, try again later".into(),
+                    );
+                    return Some(Reply::oauth_error(&e).fact(Fact::Poll(e.code())));
+                }
+            }
+        }
         Some(self.poll(req).await)
     }
 
