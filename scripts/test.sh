@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq)
+packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server nginx-light openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq)
 . scripts/lib/prerequisites.sh
 need_packages ./scripts/test.sh "${packages[@]}"
 
@@ -20,6 +20,7 @@ command -v cmake >/dev/null || fail "cmake not found: apt-get install cmake (Pin
 command -v node >/dev/null || fail "node not found: apt-get install nodejs npm"
 command -v chromium >/dev/null || fail "chromium not found: apt-get install chromium"
 command -v redis-server >/dev/null || fail "redis-server not found: apt-get install redis-server"
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || fail "nginx not found: apt-get install nginx-light (the trusted-proxy test puts it in front)"
 command -v openssl >/dev/null || fail "openssl not found: apt-get install openssl (the Redis TLS test makes its certificates with it)"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 20 ] || fail "node $(node --version) is too old for oidc-provider 9: install node 20 or newer"

@@ -20,6 +20,7 @@
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: the admin listener serving them with
 //!   `/healthz` and `/readyz`.
 //! - [`limits`]: rate limits (user-code brute force, device and token endpoint floods).
+//! - [`net`]: CIDR blocks and the real client address behind trusted proxies.
 //! - [`error`]: the OAuth error enum and its JSON wire format.
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod error;
 pub mod form;
 pub mod limits;
 pub mod metrics;
+pub mod net;
 pub mod oidc;
 pub mod pages;
 pub mod proxy;

@@ -14,6 +14,7 @@ package_present() {
     build-essential) command -v cc >/dev/null && command -v make >/dev/null ;;
     pkg-config) command -v pkg-config >/dev/null ;;
     curl) command -v curl >/dev/null ;;
+    nginx-light) [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null ;;
     python3-pip) python3 -m pip --version >/dev/null 2>&1 ;;
     python3-venv) python3 -m venv --help >/dev/null 2>&1 ;;
     *) dpkg -s "$1" >/dev/null 2>&1 ;;

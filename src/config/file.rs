@@ -138,6 +138,8 @@ pub(super) struct FileServer {
     pub(super) grace_period_seconds: u64,
     pub(super) graceful_shutdown_timeout_seconds: u64,
     pub(super) upgrade_sock: String,
+    /// Peers (load balancers, reverse proxies) whose `X-Forwarded-For` names the client.
+    pub(super) trusted_proxies: Vec<String>,
 }
 
 impl Default for FileServer {
@@ -147,6 +149,7 @@ impl Default for FileServer {
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 5,
             upgrade_sock: "/tmp/devicegate_upgrade.sock".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -209,6 +209,9 @@ pub struct Server {
     /// Unix socket through which a running gateway hands its listeners to one started with
     /// `--upgrade` (zero-downtime upgrade, on SIGQUIT).
     pub upgrade_sock: String,
+    /// Peers whose `X-Forwarded-For` (or `Forwarded`) names the client: every limit, audit
+    /// event and page then uses that address. Empty: every peer is its own client.
+    pub trusted_proxies: Vec<crate::net::Cidr>,
 }
 
 /// The validated configuration.

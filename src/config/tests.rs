@@ -242,6 +242,29 @@ fn bodies_are_capped_at_what_can_be_relayed() {
 }
 
 #[test]
+fn trusted_proxies_are_cidr_blocks() {
+    let c = Config::from_yaml(
+        &format!("{GOOD}server:\n  trusted_proxies: [10.0.0.0/8, 127.0.0.1, '2001:db8::/32']\n"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.server.trusted_proxies.len(), 3);
+    let errs = errors(&format!(
+        "{GOOD}server:\n  trusted_proxies: [10.0.0.0/8, 10.1.2.3/8, lb.example]\n"
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("server.trusted_proxies[1]") && e.contains("10.0.0.0/8")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("server.trusted_proxies[2]")),
+        "{errs:?}"
+    );
+}
+
+#[test]
 fn env_expansion() {
     let env = |n: &str| (n == "A").then(|| "x".to_string());
     assert_eq!(env::expand_str("a${A}b", &env).unwrap(), "axb");

@@ -374,11 +374,19 @@ pub(super) fn validate_server(errs: &mut Errors, s: FileServer) -> Option<Server
             "must be between 1 and 3600: requests in flight are cut off when it ends",
         );
     }
+    let mut trusted_proxies = Vec::new();
+    for (i, c) in s.trusted_proxies.iter().enumerate() {
+        match crate::net::Cidr::parse(c) {
+            Ok(c) => trusted_proxies.push(c),
+            Err(e) => errs.push(&format!("server.trusted_proxies[{i}]"), e),
+        }
+    }
     (errs.0.len() == before).then_some(Server {
         threads: s.threads,
         grace_period_seconds: s.grace_period_seconds,
         graceful_shutdown_timeout_seconds: s.graceful_shutdown_timeout_seconds,
         upgrade_sock: s.upgrade_sock,
+        trusted_proxies,
     })
 }
 

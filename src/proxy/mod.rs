@@ -2,7 +2,8 @@
 //!
 //! Each request is classified once into a [`Route`] ([`route`]), kept in the per-request
 //! [`RequestCtx`] with the client address and the time. Pass-through requests go to the IdP
-//! unchanged, `Host` included, with `X-Forwarded-For`/`X-Forwarded-Proto` added. For the few
+//! unchanged, `Host` included, with the forwarding headers replaced by devicegate's own
+//! (`X-Forwarded-For` the client's address, `-Proto` and `-Host` the public origin's). For the few
 //! routes devicegate owns, `request_filter` checks the method and the size limits, reads the
 //! body whole ([`request`]), hands a [`Request`] to the route's handler, and sends the
 //! [`Reply`] it returns with the one writer ([`reply`]); the reply's [`Fact`]s become the audit
@@ -80,6 +81,9 @@ pub struct Gateway {
     own_origin: Option<(String, String)>,
     /// `X-Forwarded-Proto` for pass-through requests: public_url's scheme.
     forwarded_proto: HeaderValue,
+    /// `X-Forwarded-Host` for pass-through requests: the host the IdP is reached as (the
+    /// public origin's, or on its own origin the IdP's).
+    forwarded_host: HeaderValue,
     /// The security headers of every page, built once (the CSP names the IdP's origin as a
     /// form target and the logos' origins as image sources).
     page_headers: Vec<(&'static str, HeaderValue)>,
@@ -157,7 +161,17 @@ impl Gateway {
             };
             (config.public_url.origin().ascii_serialization(), authority)
         });
+        let public_authority = match config.public_url.port() {
+            Some(p) => format!("{}:{p}", config.public_url.host_str().unwrap_or_default()),
+            None => config.public_url.host_str().unwrap_or_default().to_string(),
+        };
+        let forwarded_host = own_origin
+            .as_ref()
+            .map_or(public_authority, |(_, idp)| idp.clone());
+        let forwarded_host = HeaderValue::try_from(forwarded_host)
+            .map_err(|e| format!("public_url's host as a header: {e}"))?;
         Ok(Self {
+            forwarded_host,
             routes: Routes::new(&config.device, config.upstream.issuer.path()),
             browsers: Browsers::new(secure, config.device.expires_in + EXPIRED_GRACE_SECS),
             page_headers: header_values(pages::security_headers(&form_action, &img_src))?,
@@ -218,6 +232,16 @@ impl Gateway {
         self.own_origin.is_some() || disc.token_endpoint.origin() == self.config.public_url.origin()
     }
 
+    /// Whether a POST could be a device-code poll: a form of a declared size the gateway
+    /// reads. Anything else (uploads, JSON, chunked bodies) is relayed untouched.
+    fn may_be_a_poll(&self, head: &RequestHeader) -> bool {
+        let header = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok());
+        crate::form::is_form_content_type(header("content-type"))
+            && header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|n| n <= self.config.limits.max_body_bytes)
+    }
+
     /// The route of a request.
     pub async fn classify(&self, head: &RequestHeader) -> Route {
         let token = self.token_path().await;
@@ -230,6 +254,7 @@ impl Gateway {
         if route == Route::PassThrough
             && head.method == http::Method::POST
             && matches!(token, TokenPath::Unknown)
+            && self.may_be_a_poll(head)
         {
             return Route::Token;
         }
@@ -334,6 +359,23 @@ impl Gateway {
     }
 }
 
+/// Forwarding headers a client could forge: removed from every relayed request, and replaced
+/// by the ones devicegate sets (`X-Forwarded-For`, `-Proto`, `-Host`).
+const SPOOFABLE: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-original-forwarded-for",
+];
+
 /// Header pairs as values, checked once at start-up.
 fn header_values(
     headers: Vec<(&'static str, String)>,
@@ -362,7 +404,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.now = self.clock.now();
-        ctx.client_ip = request::client_ip(session);
+        ctx.client_ip = request::client_ip(session, &self.config.server.trusted_proxies);
         ctx.route = self.classify(session.req_header()).await;
         if ctx.route == Route::PassThrough {
             return Ok(false);
@@ -422,20 +464,20 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // What a client says about where it came from, or which host and scheme it used, is
+        // not relayed: the IdP sees exactly the forwarding headers set here (a spoofed
+        // `X-Forwarded-Host` would make it build its login URLs on the attacker's host).
+        for name in SPOOFABLE {
+            upstream_request.remove_header(*name);
+        }
         if let Some(ip) = ctx.client_ip {
-            let mut xff = match upstream_request
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, "),
-                None => String::with_capacity(15),
-            };
+            let mut xff = String::with_capacity(15);
             let _ = write!(xff, "{ip}");
             upstream_request.insert_header("X-Forwarded-For", xff)?;
         }
-        // The gateway is the public origin: the scheme clients used is public_url's.
+        // The gateway is the public origin: the scheme and host clients used are public_url's.
         upstream_request.insert_header("X-Forwarded-Proto", self.forwarded_proto.clone())?;
+        upstream_request.insert_header("X-Forwarded-Host", self.forwarded_host.clone())?;
         if let Some((_, idp_authority)) = &self.own_origin {
             // On its own origin the gateway is not the IdP's public name: ask for the IdP's.
             upstream_request.insert_header("Host", idp_authority)?;

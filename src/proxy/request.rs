@@ -13,12 +13,13 @@ use crate::config::Limits;
 use crate::error::OAuthError;
 use crate::form::{is_form_content_type, Params};
 use crate::limits::ip_key;
+use crate::net::{client_address, Cidr};
 
 /// One request to an owned route, read whole.
 pub struct Request<'a> {
     pub head: &'a RequestHeader,
     pub body: Bytes,
-    /// The TCP peer's address.
+    /// The client's address (the TCP peer's, or behind a trusted proxy the one it names).
     pub client_ip: Option<IpAddr>,
     /// When the request arrived (the gateway's clock).
     pub now: Time,
@@ -53,12 +54,29 @@ impl Request<'_> {
     }
 }
 
-/// The TCP peer's address.
-pub fn client_ip(session: &Session) -> Option<IpAddr> {
-    session
+/// The client's address: the TCP peer's, or, when the peer is a trusted proxy, the one its
+/// forwarding headers name ([`crate::net::client_address`]).
+pub fn client_ip(session: &Session, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+        .map(|a| a.ip())?;
+    if trusted.is_empty() {
+        return Some(peer);
+    }
+    let headers = &session.req_header().headers;
+    let values = |name: &'static str| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+    };
+    Some(client_address(
+        peer,
+        trusted,
+        values("x-forwarded-for"),
+        values("forwarded"),
+    ))
 }
 
 /// Query and header size limits of the endpoints devicegate owns.

@@ -106,6 +106,10 @@ impl Harness {
         for (k, v) in headers {
             head.append_header(k.to_string(), v.to_string()).unwrap();
         }
+        if !body.is_empty() {
+            // As clients send it.
+            head.insert_header("content-length", body.len()).unwrap();
+        }
         let route = self.gw.classify(&head).await;
         if route == Route::PassThrough {
             return None;

@@ -77,6 +77,8 @@ pub struct Options {
     pub redis: bool,
     /// The body of a `ui:` section (indented two spaces), if any.
     pub ui: Option<String>,
+    /// `server.trusted_proxies`, as a YAML flow list (`[127.0.0.1]`), if any.
+    pub trusted_proxies: Option<String>,
     /// Which IdP plays the organisation's.
     pub idp: Idp,
     /// The IdP on its own origin (its own port and issuer) and the gateway on another, instead
@@ -108,6 +110,7 @@ impl Default for Options {
             admin: false,
             json_logs: false,
             listen_tls: None,
+            trusted_proxies: None,
             redis: false,
             ui: None,
             idp: Idp::OidcProvider,
@@ -131,7 +134,7 @@ pub struct Env {
     pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     pub redis: Option<Redis>,
-    port: u16,
+    pub port: u16,
     /// The gateway configuration, with `{LISTEN_PORT}` where the listening port goes.
     config: String,
     _idp: Option<Proc>,
@@ -221,7 +224,7 @@ store:
   grace_period_seconds: 2
   graceful_shutdown_timeout_seconds: 1
   upgrade_sock: {upgrade_sock}
-clients:
+{trusted}clients:
   - client_id: tv-app
     name: Living-room TV
     description: The TV in the living room, streaming films
@@ -240,6 +243,11 @@ clients:
             max_pending = opts.max_pending,
             upstream_timeout = opts.upstream_timeout,
             upgrade_sock = dir.path().join("upgrade.sock").display(),
+            trusted = opts
+                .trusted_proxies
+                .as_ref()
+                .map(|t| format!("  trusted_proxies: {t}\n"))
+                .unwrap_or_default(),
             admin = admin_port
                 .map(|p| format!("admin:\n  listen: 127.0.0.1:{p}\n"))
                 .unwrap_or_default(),
@@ -791,6 +799,58 @@ impl Reply {
     pub fn json(v: Value) -> Reply {
         Reply::new(200, "application/json", v.to_string())
     }
+}
+
+/// nginx (Debian's nginx-light) on 127.0.0.1 as a reverse proxy in front of `upstream_port`,
+/// appending the peer to `X-Forwarded-For` as load balancers do. Returns (process, port).
+pub fn start_nginx(dir: &Path, upstream_port: u16) -> (Proc, u16) {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("nginx not found: apt-get install nginx-light (./scripts/test.sh installs it)");
+    let port = free_port();
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(root.join("tmp")).expect("nginx dir");
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp/body;
+  proxy_temp_path {root}/tmp/proxy;
+  fastcgi_temp_path {root}/tmp/fastcgi;
+  uwsgi_temp_path {root}/tmp/uwsgi;
+  scgi_temp_path {root}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://127.0.0.1:{upstream_port};
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+"#,
+        root = root.display()
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&root)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let proc = Proc(child);
+    wait_for_port(port);
+    (proc, port)
 }
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 that answers every request with `script(request)`

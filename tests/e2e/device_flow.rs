@@ -693,6 +693,11 @@ async fn pass_through_keeps_requests_intact() {
             )
             .header("x-custom", "kept")
             .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-port", "8443")
+            .header("forwarded", "for=203.0.113.9;host=evil.example")
+            .header("x-real-ip", "203.0.113.9")
             .body(big.clone())
             .send()
             .await
@@ -711,8 +716,14 @@ async fn pass_through_keeps_requests_intact() {
         let h = &seen["headers"];
         assert_eq!(s(&h["host"]), host, "Host is kept");
         assert_eq!(s(&h["x-custom"]), "kept");
-        assert_eq!(s(&h["x-forwarded-for"]), "203.0.113.9, 127.0.0.1");
+        // A client's own forwarding headers are replaced, not relayed: the IdP sees the
+        // address devicegate saw, and the public origin's scheme and host.
+        assert_eq!(s(&h["x-forwarded-for"]), "127.0.0.1");
         assert_eq!(s(&h["x-forwarded-proto"]), "http");
+        assert_eq!(s(&h["x-forwarded-host"]), host);
+        for spoofable in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+            assert!(h.get(spoofable).is_none(), "{spoofable} relayed: {h}");
+        }
         assert_eq!(seen["body_len"], big.len(), "{method}");
         assert_eq!(
             s(&seen["body_sha256"]),

@@ -15,4 +15,5 @@ mod interop;
 mod operations;
 mod redis_store;
 mod scripts;
+mod trusted_proxy;
 mod verification_pages;

@@ -1,0 +1,237 @@
+//! Network addresses: CIDR blocks, and the real client address of a request that came through
+//! trusted proxies (`server.trusted_proxies`).
+//!
+//! A request from a trusted peer names its client in `X-Forwarded-For` (or RFC 7239
+//! `Forwarded`); the client is the rightmost address there that is not itself a trusted proxy,
+//! since every hop appends the address it saw and only the hops we trust are honest. A request
+//! from any other peer is its own client, whatever it claims.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// An address block such as `10.0.0.0/8` or `2001:db8::/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `addr/prefix`, or a bare address (a block of one). The address must be the
+    /// block's first (`10.1.2.3/8` is refused: it usually means a typo).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR block (e.g. 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        };
+        let cidr = Self { addr, prefix };
+        if cidr.network() != addr {
+            return Err(format!(
+                "'{s}' has bits set past its /{prefix}: write {}/{prefix}",
+                cidr.network()
+            ));
+        }
+        Ok(cidr)
+    }
+
+    fn network(self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let bits = u32::from(a) & mask32(self.prefix);
+                IpAddr::V4(bits.into())
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a) & mask128(self.prefix);
+                IpAddr::V6(bits.into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in this block (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.prefix) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask128(self.prefix) == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn mask32(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask128(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client of a request from `peer`: `peer` itself unless it is a trusted proxy; then the
+/// rightmost address of `X-Forwarded-For` (all its lines, in order) that is not a trusted
+/// proxy, or, without that header, of `Forwarded`'s `for=`. A list that ends in something
+/// that is not an address stops the walk at the last trusted hop.
+pub fn client_address<'a>(
+    peer: IpAddr,
+    trusted: &[Cidr],
+    x_forwarded_for: impl Iterator<Item = &'a str>,
+    forwarded: impl Iterator<Item = &'a str>,
+) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut hops: Vec<Option<IpAddr>> = x_forwarded_for
+        .flat_map(|line| line.split(','))
+        .map(|hop| parse_hop(hop.trim()))
+        .collect();
+    if hops.is_empty() {
+        hops = forwarded
+            .flat_map(|line| line.split(','))
+            .filter_map(|element| {
+                element
+                    .split(';')
+                    .filter_map(|pair| pair.trim().split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                    .map(|(_, v)| parse_hop(v.trim().trim_matches('"')))
+            })
+            .collect();
+    }
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop {
+            Some(ip) => {
+                client = canonical(*ip);
+                if !is_trusted(client) {
+                    break;
+                }
+            }
+            // Garbage where an address should be: trust nothing further left.
+            None => break,
+        }
+    }
+    client
+}
+
+/// One hop of a forwarding header: `192.0.2.1`, `192.0.2.1:443`, `[2001:db8::1]:443`,
+/// `2001:db8::1`. `unknown` and obfuscated names are not addresses.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']').and_then(|(ip, _)| ip.parse().ok());
+    }
+    hop.rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .and_then(|(ip, _)| ip.parse::<std::net::Ipv4Addr>().ok())
+        .map(IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn blocks() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains(ip("10.200.1.1")) && !c.contains(ip("11.0.0.1")));
+        assert!(c.contains(ip("::ffff:10.0.0.1")));
+        let one = Cidr::parse("192.0.2.7").unwrap();
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.1.2.3/8", "10.0.0.0/33", "nope", "10.0.0.0/x", "::1/129"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Cidr::parse("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_hop_of_a_trusted_peer() {
+        let trusted = [
+            Cidr::parse("127.0.0.1").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap(),
+        ];
+        let lb = ip("127.0.0.1");
+        let xff = |lines: &'static [&'static str]| lines.iter().copied();
+        let none = || std::iter::empty::<&str>();
+        // An untrusted peer is its own client, whatever it sends.
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &trusted, xff(&["1.2.3.4"]), none()),
+            ip("203.0.113.9")
+        );
+        // The client spoofs a leftmost entry; the balancer appends what it saw.
+        assert_eq!(
+            client_address(lb, &trusted, xff(&["1.2.3.4, 198.51.100.7"]), none()),
+            ip("198.51.100.7")
+        );
+        // Trusted hops are skipped; several header lines read as one list.
+        assert_eq!(
+            client_address(lb, &trusted, xff(&["198.51.100.7", "10.1.1.1"]), none()),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(
+                lb,
+                &trusted,
+                xff(&["[2001:db8::5]:443, 10.0.0.1:80"]),
+                none()
+            ),
+            ip("2001:db8::5")
+        );
+        // Garbage stops the walk at the last trusted hop.
+        assert_eq!(
+            client_address(
+                lb,
+                &trusted,
+                xff(&["198.51.100.7, garbage, 10.0.0.2"]),
+                none()
+            ),
+            ip("10.0.0.2")
+        );
+        // No forwarding header: the proxy itself.
+        assert_eq!(client_address(lb, &trusted, none(), none()), lb);
+        // RFC 7239 Forwarded when there is no X-Forwarded-For.
+        let fwd = ["for=192.0.2.60;proto=https, for=\"[2001:db8::7]:4711\""];
+        assert_eq!(
+            client_address(lb, &trusted, none(), fwd.iter().copied()),
+            ip("2001:db8::7")
+        );
+        // No trusted proxies configured: every peer is its own client.
+        assert_eq!(client_address(lb, &[], xff(&["1.2.3.4"]), none()), lb);
+    }
+}
