@@ -1,102 +1,26 @@
 //! Rate limits: the brute-force defence of the short user codes (RFC 8628 §5.1) and the
 //! flood limits of the device and token endpoints.
 //!
-//! Every limit is a fixed-window counter per key (a client IP, a client id, or one global key).
-//! Counters live in a bounded moka cache: a flood of distinct keys evicts old counters instead
-//! of growing memory. Time is a parameter (`now`, seconds), so windows are tested with numbers.
-//! Limits are per gateway instance: with several instances, an attacker's budget is multiplied
-//! by their number (the README's bound says so).
+//! Every limit is a window counter per key (a client address, a client id, or one global key),
+//! kept in the grant store ([`Store::spend`]): in memory for one instance, in Redis for a whole
+//! deployment, so N instances share one budget instead of multiplying it. A budget is spent
+//! *before* the work it guards, atomically, so concurrent requests cannot all pass a check that
+//! only one of them should (a user code is looked up only after its attempt was spent; a right
+//! code gives its attempt back). Time is a parameter (`now`, seconds).
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
-use moka::sync::Cache;
+use std::sync::Arc;
 
 use crate::config::Limits as LimitsConfig;
+use crate::device::{Store, StoreError};
 
-/// Most distinct keys one limiter remembers.
-const MAX_KEYS: u64 = 100_000;
-
-/// One fixed window of one key.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: u64,
-    count: u32,
-}
-
-/// At most `max` events per key in any window of `window` seconds.
-pub struct Limiter {
-    windows: Cache<String, Arc<Mutex<Window>>>,
-    max: u32,
-    window: u64,
-}
-
-impl Limiter {
-    pub fn new(max: u32, window_secs: u64) -> Self {
-        Self {
-            windows: Cache::builder()
-                .max_capacity(MAX_KEYS)
-                .time_to_idle(Duration::from_secs(window_secs.max(1)))
-                .build(),
-            max,
-            window: window_secs.max(1),
-        }
-    }
-
-    fn with_window<T>(&self, key: &str, now: u64, f: impl FnOnce(&mut Window) -> T) -> T {
-        let entry = self.windows.get_with(key.to_string(), || {
-            Arc::new(Mutex::new(Window {
-                start: now,
-                count: 0,
-            }))
-        });
-        let mut w = entry.lock().unwrap_or_else(PoisonError::into_inner);
-        if now >= w.start.saturating_add(self.window) {
-            *w = Window {
-                start: now,
-                count: 0,
-            };
-        }
-        f(&mut w)
-    }
-
-    /// Whether `key` is still within its budget, without spending any. `Err` holds the seconds
-    /// until the window ends (for `Retry-After`).
-    pub fn check(&self, key: &str, now: u64) -> Result<(), u64> {
-        if self.max == 0 {
-            return Ok(());
-        }
-        self.with_window(key, now, |w| {
-            if w.count < self.max {
-                Ok(())
-            } else {
-                Err((w.start + self.window).saturating_sub(now).max(1))
-            }
-        })
-    }
-
-    /// Spends one event of `key`'s budget; `Err` (nothing spent) when it is used up.
-    pub fn hit(&self, key: &str, now: u64) -> Result<(), u64> {
-        if self.max == 0 {
-            return Ok(());
-        }
-        self.with_window(key, now, |w| {
-            if w.count < self.max {
-                w.count += 1;
-                Ok(())
-            } else {
-                Err((w.start + self.window).saturating_sub(now).max(1))
-            }
-        })
-    }
-
-    /// Records an event that already happened (a failure), even past the budget.
-    pub fn record(&self, key: &str, now: u64) {
-        if self.max > 0 {
-            self.with_window(key, now, |w| w.count = w.count.saturating_add(1));
-        }
-    }
+/// Why a limit let a request through no further.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// The budget is spent: come back in this many seconds.
+    Limited(u64),
+    /// The store that keeps the counts cannot answer: refused too (fail closed).
+    Unavailable(StoreError),
 }
 
 /// The key of a client address: IPv6 clients are grouped by /64, the block one subscriber
@@ -130,63 +54,89 @@ pub fn same_network(a: IpAddr, b: IpAddr) -> bool {
     }
 }
 
-const GLOBAL: &str = "*";
-
-/// Every limit of the gateway.
+/// Every limit of the gateway, counted in the grant store.
 pub struct Limits {
-    code_failures_ip: Limiter,
-    code_failures_global: Limiter,
-    device_ip: Limiter,
-    device_client: Limiter,
-    poll_ip: Limiter,
-    poll_client: Limiter,
+    store: Arc<dyn Store>,
+    c: LimitsConfig,
 }
 
 impl Limits {
-    pub fn new(c: &LimitsConfig) -> Self {
+    pub fn new(c: &LimitsConfig, store: Arc<dyn Store>) -> Self {
         Self {
-            code_failures_ip: Limiter::new(c.code_failures_per_ip, c.code_failures_window_seconds),
-            code_failures_global: Limiter::new(c.code_failures_global_per_minute, 60),
-            device_ip: Limiter::new(c.device_requests_per_ip_per_minute, 60),
-            device_client: Limiter::new(c.device_requests_per_client_per_minute, 60),
-            poll_ip: Limiter::new(c.polls_per_ip_per_minute, 60),
-            poll_client: Limiter::new(c.polls_per_client_per_minute, 60),
+            store,
+            c: c.clone(),
         }
     }
 
-    /// May this address try a user code now? Refused once it, or everyone together, used up
-    /// the failure budget: the check comes before the lookup, so a refused guess tests nothing.
-    pub fn code_entry_allowed(&self, ip: &str, now: u64) -> Result<(), u64> {
-        self.code_failures_ip.check(ip, now)?;
-        self.code_failures_global.check(GLOBAL, now)
+    /// Spends one event of `key`'s budget (`max` a window); 0 turns the limit off.
+    async fn spend(&self, key: &str, max: u32, window: u64, now: u64) -> Result<(), Refused> {
+        if max == 0 {
+            return Ok(());
+        }
+        match self.store.spend(key, max, window, now).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(secs)) => Err(Refused::Limited(secs)),
+            Err(e) => Err(Refused::Unavailable(e)),
+        }
     }
 
-    /// A user code entered from `ip` was wrong.
-    pub fn code_failed(&self, ip: &str, now: u64) {
-        self.code_failures_ip.record(ip, now);
-        self.code_failures_global.record(GLOBAL, now);
+    /// A user code from `ip` is about to be looked up: one attempt of this address's budget
+    /// and of everyone's is spent first, so a refused guess tests nothing and concurrent
+    /// guesses cannot all slip through. Give it back with [`Self::code_was_right`].
+    pub async fn code_attempt(&self, ip: &str, now: u64) -> Result<(), Refused> {
+        let per_ip = format!("code:ip:{ip}");
+        self.spend(
+            &per_ip,
+            self.c.code_failures_per_ip,
+            self.c.code_failures_window_seconds,
+            now,
+        )
+        .await?;
+        let global = self
+            .spend("code:*", self.c.code_failures_global_per_minute, 60, now)
+            .await;
+        if global.is_err() {
+            // Not looked up after all: this address keeps its attempt.
+            let _ = self.store.refund(&per_ip).await;
+        }
+        global
     }
 
-    /// One device authorization request from `ip`: checked before the client authenticates,
+    /// The code was a real one: only wrong codes count against the budgets.
+    pub async fn code_was_right(&self, ip: &str) {
+        for key in [format!("code:ip:{ip}"), "code:*".to_string()] {
+            if let Err(e) = self.store.refund(&key).await {
+                tracing::warn!(error = %e, "a right code's attempt was not given back");
+            }
+        }
+    }
+
+    /// One device authorization request from `ip`: spent before the client authenticates,
     /// so guessing a client secret is rate limited too.
-    pub fn device_request_from(&self, ip: &str, now: u64) -> Result<(), u64> {
-        self.device_ip.hit(ip, now)
+    pub async fn device_request_from(&self, ip: &str, now: u64) -> Result<(), Refused> {
+        let max = self.c.device_requests_per_ip_per_minute;
+        self.spend(&format!("device:ip:{ip}"), max, 60, now).await
     }
 
     /// One device authorization request by an authenticated client (counted only then, so a
-    /// stranger cannot spend a client's budget by naming it).
-    pub fn device_request_by(&self, client_id: &str, now: u64) -> Result<(), u64> {
-        self.device_client.hit(client_id, now)
+    /// stranger cannot spend a confidential client's budget by naming it).
+    pub async fn device_request_by(&self, client_id: &str, now: u64) -> Result<(), Refused> {
+        let max = self.c.device_requests_per_client_per_minute;
+        self.spend(&format!("device:client:{client_id}"), max, 60, now)
+            .await
     }
 
     /// One device-code poll from `ip` (before authentication, as above).
-    pub fn poll_from(&self, ip: &str, now: u64) -> Result<(), u64> {
-        self.poll_ip.hit(ip, now)
+    pub async fn poll_from(&self, ip: &str, now: u64) -> Result<(), Refused> {
+        let max = self.c.polls_per_ip_per_minute;
+        self.spend(&format!("poll:ip:{ip}"), max, 60, now).await
     }
 
     /// One device-code poll by an authenticated client.
-    pub fn poll_by(&self, client_id: &str, now: u64) -> Result<(), u64> {
-        self.poll_client.hit(client_id, now)
+    pub async fn poll_by(&self, client_id: &str, now: u64) -> Result<(), Refused> {
+        let max = self.c.polls_per_client_per_minute;
+        self.spend(&format!("poll:client:{client_id}"), max, 60, now)
+            .await
     }
 }
 
@@ -207,49 +157,62 @@ mod tests {
     }
 
     use super::*;
+    use crate::device::memory::MemoryStore;
 
-    #[test]
-    fn fixed_window() {
-        let l = Limiter::new(3, 60);
-        for _ in 0..3 {
-            assert_eq!(l.hit("a", 100), Ok(()));
-        }
-        assert_eq!(l.hit("a", 110), Err(50));
-        assert_eq!(l.check("a", 159), Err(1));
-        // Other keys have their own budget; a new window starts a new budget.
-        assert_eq!(l.hit("b", 110), Ok(()));
-        assert_eq!(l.hit("a", 160), Ok(()));
-        // Zero disables the limit.
-        let off = Limiter::new(0, 60);
-        for _ in 0..1000 {
-            assert_eq!(off.hit("a", 0), Ok(()));
-        }
+    fn limits(c: LimitsConfig) -> Limits {
+        let store = Arc::new(MemoryStore::new(std::time::Duration::from_secs(60), 10));
+        Limits::new(&c, store)
     }
 
-    #[test]
-    fn failures_are_checked_before_and_recorded_after() {
+    #[tokio::test]
+    async fn attempts_are_spent_before_the_lookup_and_right_codes_give_them_back() {
         let c = LimitsConfig {
             code_failures_per_ip: 10,
             code_failures_window_seconds: 900,
             code_failures_global_per_minute: 15,
             ..LimitsConfig::default()
         };
-        let l = Limits::new(&c);
+        let l = limits(c.clone());
+        // Right codes cost nothing.
+        for _ in 0..50 {
+            l.code_attempt("1.2.3.4", 0).await.unwrap();
+            l.code_was_right("1.2.3.4").await;
+        }
         for _ in 0..10 {
-            assert_eq!(l.code_entry_allowed("1.2.3.4", 0), Ok(()));
-            l.code_failed("1.2.3.4", 0);
+            l.code_attempt("1.2.3.4", 0).await.unwrap();
         }
         // The 11th attempt from that address is refused for the rest of the 15 minutes.
-        assert_eq!(l.code_entry_allowed("1.2.3.4", 1), Err(899));
-        assert_eq!(l.code_entry_allowed("1.2.3.4", 899), Err(1));
-        assert_eq!(l.code_entry_allowed("1.2.3.4", 900), Ok(()));
-        // The global budget: 15 failures a minute from everyone together.
-        let l = Limits::new(&c);
+        assert_eq!(
+            l.code_attempt("1.2.3.4", 1).await,
+            Err(Refused::Limited(899))
+        );
+        assert_eq!(
+            l.code_attempt("1.2.3.4", 899).await,
+            Err(Refused::Limited(1))
+        );
+        assert_eq!(l.code_attempt("1.2.3.4", 900).await, Ok(()));
+        // The global budget: 15 failures a minute from everyone together; an address refused
+        // by it keeps its own attempt.
+        let l = limits(c);
         for i in 0..15 {
-            l.code_failed(&format!("10.0.0.{i}"), 10);
+            l.code_attempt(&format!("10.0.0.{i}"), 10).await.unwrap();
         }
-        assert_eq!(l.code_entry_allowed("10.9.9.9", 30), Err(40));
-        assert_eq!(l.code_entry_allowed("10.9.9.9", 70), Ok(()));
+        assert_eq!(
+            l.code_attempt("10.9.9.9", 30).await,
+            Err(Refused::Limited(40))
+        );
+        assert_eq!(l.code_attempt("10.9.9.9", 70).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn zero_turns_a_rate_limit_off() {
+        let l = limits(LimitsConfig {
+            device_requests_per_ip_per_minute: 0,
+            ..LimitsConfig::default()
+        });
+        for _ in 0..1000 {
+            l.device_request_from("a", 0).await.unwrap();
+        }
     }
 
     #[test]

@@ -164,6 +164,21 @@ impl Store for MeteredStore {
         self.timed("shared_secret", self.inner.shared_secret())
             .await
     }
+
+    async fn spend(
+        &self,
+        key: &str,
+        max: u32,
+        window_secs: u64,
+        now: u64,
+    ) -> std::result::Result<std::result::Result<(), u64>, StoreError> {
+        self.timed("spend", self.inner.spend(key, max, window_secs, now))
+            .await
+    }
+
+    async fn refund(&self, key: &str) -> std::result::Result<(), StoreError> {
+        self.timed("refund", self.inner.refund(key)).await
+    }
 }
 
 #[cfg(test)]

@@ -99,7 +99,19 @@ pub struct MemoryStore {
     max_pending: u64,
     /// Only this process uses the store, so its secret is new at every start.
     secret: [u8; 32],
+    /// Limit counters: spent events per key and window. Bounded: a flood of distinct keys
+    /// evicts old counters instead of growing memory.
+    counters: moka::sync::Cache<String, Arc<Mutex<Window>>>,
 }
+
+/// One limit window: opened at the first event.
+struct Window {
+    start: u64,
+    count: u32,
+}
+
+/// Most limit counters kept at once.
+const MAX_COUNTERS: u64 = 100_000;
 
 impl MemoryStore {
     /// A store keeping each grant `retain_for` after it is written, at most `max_pending` at once.
@@ -126,6 +138,11 @@ impl MemoryStore {
         OsRng.fill_bytes(&mut secret);
         Self {
             secret,
+            counters: moka::sync::Cache::builder()
+                .max_capacity(MAX_COUNTERS)
+                // No window is longer than a day (limits.code_failures_window_seconds).
+                .time_to_live(Duration::from_secs(86_400 + 60))
+                .build(),
             grants,
             by_user_code,
             by_id,
@@ -222,6 +239,42 @@ impl Store for MemoryStore {
 
     async fn shared_secret(&self) -> Result<[u8; 32], StoreError> {
         Ok(self.secret)
+    }
+
+    async fn spend(
+        &self,
+        key: &str,
+        max: u32,
+        window_secs: u64,
+        now: u64,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let window = window_secs.max(1);
+        let counter = self.counters.get_with(key.to_string(), || {
+            Arc::new(Mutex::new(Window {
+                start: now,
+                count: 0,
+            }))
+        });
+        let mut w = counter.lock().unwrap_or_else(PoisonError::into_inner);
+        if now >= w.start.saturating_add(window) {
+            *w = Window {
+                start: now,
+                count: 0,
+            };
+        }
+        if w.count >= max {
+            return Ok(Err((w.start + window).saturating_sub(now).max(1)));
+        }
+        w.count += 1;
+        Ok(Ok(()))
+    }
+
+    async fn refund(&self, key: &str) -> Result<(), StoreError> {
+        if let Some(counter) = self.counters.get(key) {
+            let mut w = counter.lock().unwrap_or_else(PoisonError::into_inner);
+            w.count = w.count.saturating_sub(1);
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `uc:{user code}`       | grant id                                | same                       |
 //! | `live`                 | sorted set: grant id → when it leaves (ms) | with its last member     |
 //! | `secret`               | the browser secret shared by instances  | never                      |
+//! | `limit:{key}`          | events spent in a limit's window        | when the window ends       |
 //!
 //! Atomicity. `insert` is one Lua script: capacity check, user-code claim and the writes happen
 //! together. `update` is optimistic: read the grant, apply the change in Rust, and write it back
@@ -85,7 +86,31 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 ";
 
+/// KEYS: a counter. ARGV: the budget, the window in seconds. Spends one event unless the
+/// budget is spent; the first event opens the window (the key's TTL). 0 when spent now, else
+/// the seconds until the window ends.
+const SPEND: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl < 1 then ttl = 1 end
+  return ttl
+end
+return 0
+";
+
+/// KEYS: a counter. Gives one event back, never below zero.
+const REFUND: &str = r"
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return 1
+";
+
 struct Scripts {
+    spend: Script,
+    refund: Script,
     insert: Script,
     get_by_index: Script,
     compare_and_set: Script,
@@ -150,6 +175,8 @@ impl RedisStore {
             max_pending,
             timeout: cfg.command_timeout,
             scripts: Scripts {
+                spend: Script::new(SPEND),
+                refund: Script::new(REFUND),
                 insert: Script::new(INSERT),
                 get_by_index: Script::new(GET_BY_INDEX),
                 compare_and_set: Script::new(COMPARE_AND_SET),
@@ -357,6 +384,44 @@ impl Store for RedisStore {
                 .ok_or_else(|| {
                     StoreError::Unavailable("redis holds a malformed shared secret".into())
                 })
+        })
+        .await
+    }
+
+    async fn spend(
+        &self,
+        key: &str,
+        max: u32,
+        window_secs: u64,
+        _now: u64,
+    ) -> Result<Result<(), u64>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let wait: u64 = self
+                .scripts
+                .spend
+                .key(self.key("limit:", key))
+                .arg(max)
+                .arg(window_secs.max(1))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(if wait == 0 { Ok(()) } else { Err(wait) })
+        })
+        .await
+    }
+
+    async fn refund(&self, key: &str) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let _: i64 = self
+                .scripts
+                .refund
+                .key(self.key("limit:", key))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
         })
         .await
     }

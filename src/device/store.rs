@@ -60,10 +60,23 @@ pub trait Store: Send + Sync {
     /// the browser's CSRF tokens and login bindings, so a login started on one instance can
     /// finish on another (and, with a persistent store, survives a restart).
     async fn shared_secret(&self) -> Result<[u8; 32], StoreError>;
+
+    /// Spends one of the `max` events `key` may have in its current window: a window opens at
+    /// the first event and lasts `window_secs` (in Redis, by Redis's clock, the one every
+    /// instance shares; in memory, by `now`). Atomic: of any number of concurrent calls, at
+    /// most `max` succeed per window. `Ok(Err(secs))`: spent up, for `secs` more seconds.
+    async fn spend(
+        &self,
+        key: &str,
+        max: u32,
+        window_secs: u64,
+        now: u64,
+    ) -> Result<Result<(), u64>, StoreError>;
+
+    /// Gives back one event spent in `key`'s current window (an attempt that turned out right).
+    async fn refund(&self, key: &str) -> Result<(), StoreError>;
 }
 
-/// One conformance suite for every backend (as Dex runs one storage suite on all of its
-/// storages). Each backend's tests call [`conformance::run`].
 #[cfg(test)]
 pub(crate) mod conformance {
     use super::*;
@@ -188,5 +201,58 @@ pub(crate) mod conformance {
             }
         }
         assert_eq!(delivered, 1);
+
+        // Counters: at most `max` spends per window, however many come at once; a refund gives
+        // one back; keys are independent; a window ends by itself.
+        let store = Arc::new(make(long, 10));
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.spend("ip:192.0.2.1", 10, 60, now()).await.unwrap()
+            }));
+        }
+        let mut spent = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => spent += 1,
+                Err(secs) => assert!((58..=60).contains(&secs), "{secs}"),
+            }
+        }
+        assert_eq!(spent, 10, "concurrent spends beyond the budget");
+        store.refund("ip:192.0.2.1").await.unwrap();
+        assert_eq!(
+            store.spend("ip:192.0.2.1", 10, 60, now()).await.unwrap(),
+            Ok(())
+        );
+        assert!(store
+            .spend("ip:192.0.2.1", 10, 60, now())
+            .await
+            .unwrap()
+            .is_err());
+        assert_eq!(
+            store.spend("ip:192.0.2.2", 10, 60, now()).await.unwrap(),
+            Ok(())
+        );
+        for _ in 0..2 {
+            assert_eq!(store.spend("short", 2, 1, now()).await.unwrap(), Ok(()));
+        }
+        assert!(store.spend("short", 2, 1, now()).await.unwrap().is_err());
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(store.spend("short", 2, 1, now()).await.unwrap(), Ok(()));
+        // A refund never goes below nothing spent.
+        for _ in 0..3 {
+            store.refund("fresh").await.unwrap();
+        }
+        for _ in 0..2 {
+            assert_eq!(store.spend("fresh", 2, 60, now()).await.unwrap(), Ok(()));
+        }
+        assert!(store.spend("fresh", 2, 60, now()).await.unwrap().is_err());
     }
 }

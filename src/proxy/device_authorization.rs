@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::events::{self, Audit, Event, Fact};
-use super::{auth, Gateway, Reply, Request};
+use super::{auth, limit_error, Gateway, Reply, Request};
 use crate::device::code::display_user_code;
 use crate::device::service::{resolve_scopes, Requester};
 use crate::error::OAuthError;
@@ -44,11 +44,8 @@ impl Gateway {
         let ip = req.ip_key();
         let now = req.now;
         // Before the client authenticates, so guessing a client secret is rate limited too.
-        if let Err(retry_after) = self.limits.device_request_from(&ip, now.secs()) {
-            return refuse(OAuthError::RateLimited {
-                poll: false,
-                retry_after,
-            });
+        if let Err(r) = self.limits.device_request_from(&ip, now.secs()).await {
+            return refuse(limit_error(r, false));
         }
         let client = match auth::credentials(req, &params, &self.config.clients)
             .and_then(|creds| auth::authenticate(&self.config.clients, &creds))
@@ -57,11 +54,12 @@ impl Gateway {
             Err(e) => return refuse(e),
         };
         // Counted only once authenticated, so a stranger cannot spend a client's budget.
-        if let Err(retry_after) = self.limits.device_request_by(&client.client_id, now.secs()) {
-            return refuse(OAuthError::RateLimited {
-                poll: false,
-                retry_after,
-            });
+        if let Err(r) = self
+            .limits
+            .device_request_by(&client.client_id, now.secs())
+            .await
+        {
+            return refuse(limit_error(r, false));
         }
         let scopes = match resolve_scopes(params.get("scope"), &client.allowed_scopes) {
             Ok(s) => s,

@@ -132,8 +132,9 @@ impl Gateway {
             inner: store,
             metrics: metrics.clone(),
         });
+        let store: Arc<dyn Store> = store;
         let device = DeviceService::new(
-            store,
+            store.clone(),
             Timing {
                 expires_in: config.device.expires_in,
                 interval: config.device.interval,
@@ -181,7 +182,7 @@ impl Gateway {
             device,
             oidc,
             pages,
-            limits: Limits::new(&config.limits),
+            limits: Limits::new(&config.limits, store),
             metrics,
             clock,
             config,
@@ -375,6 +376,22 @@ const SPOOFABLE: &[&str] = &[
     "true-client-ip",
     "x-original-forwarded-for",
 ];
+
+/// What a device is told when a limit refused its request: `slow_down` for polls, and 503 when
+/// the counts could not be kept (the store is down: fail closed).
+fn limit_error(refused: crate::limits::Refused, poll: bool) -> crate::error::OAuthError {
+    match refused {
+        crate::limits::Refused::Limited(retry_after) => {
+            crate::error::OAuthError::RateLimited { poll, retry_after }
+        }
+        crate::limits::Refused::Unavailable(e) => {
+            tracing::warn!(error = %e, "limit counts unavailable");
+            crate::error::OAuthError::TemporarilyUnavailable(
+                "the gateway cannot reach its grant store, try again later".into(),
+            )
+        }
+    }
+}
 
 /// Header pairs as values, checked once at start-up.
 fn header_values(

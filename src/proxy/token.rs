@@ -2,7 +2,7 @@
 //! every other grant (authorization code, refresh token, …) passes through to the IdP.
 
 use super::events::{self, Audit, Event, Fact};
-use super::{auth, request, Gateway, Reply, Request};
+use super::{auth, limit_error, request, Gateway, Reply, Request};
 use crate::device::service::Polled;
 use crate::discovery::DEVICE_GRANT;
 use crate::error::OAuthError;
@@ -76,17 +76,18 @@ impl Gateway {
         let now = req.now.secs();
         request::within_size_limits(req.head, &self.config.limits)?;
         let params = Params::parse(&req.body)?;
-        // Limits come before the store: a flood of polls costs it nothing.
-        let limited = |retry_after| OAuthError::RateLimited {
-            poll: true,
-            retry_after,
-        };
-        self.limits.poll_from(&req.ip_key(), now).map_err(limited)?;
+        // Limits come before the grant: a flood of polls costs it nothing.
+        let limited = |r| limit_error(r, true);
+        self.limits
+            .poll_from(&req.ip_key(), now)
+            .await
+            .map_err(limited)?;
         let creds = auth::credentials(req, &params, &self.config.clients)?;
         let client = auth::authenticate(&self.config.clients, &creds)?;
         let device_code = params.require("device_code")?;
         self.limits
             .poll_by(&client.client_id, now)
+            .await
             .map_err(limited)?;
         let polled = self
             .device

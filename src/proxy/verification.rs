@@ -13,7 +13,7 @@ use crate::device::code::{display_user_code, normalize_user_code, random_token};
 use crate::device::service::BrowserError;
 use crate::device::{Key, Refusal};
 use crate::form::{is_form_content_type, Params};
-use crate::limits::same_network;
+use crate::limits::{same_network, Refused};
 use crate::pages::{Catalog, CodeError, Consent, Message};
 
 /// The browser session of a request: its id, and the cookie to set when it is new.
@@ -55,17 +55,30 @@ impl Gateway {
             _ => return self.message(t, Message::BadRequest),
         };
         let now = req.now.secs();
-        let ip = req.ip_key();
-        if let Err(secs) = self.limits.code_entry_allowed(&ip, now) {
-            return self
-                .message_as(t, Message::TooManyAttempts, 429)
-                .header("Retry-After", HeaderValue::from(secs))
-                .facts(events::limited("code_failures"))
-                .fact(Fact::Verification("refused"));
+        let action = params.get("action").unwrap_or("lookup");
+        if !matches!(action, "lookup" | "approve" | "deny") {
+            return self.message(t, Message::BadRequest);
         }
         let typed = params.get("user_code").unwrap_or("");
+        if action == "lookup" {
+            // §5.1: the attempt is spent before anything is looked up (a right code gives it
+            // back), so neither a spent budget nor many guesses at once test any code.
+            let ip = req.ip_key();
+            match self.limits.code_attempt(&ip, now).await {
+                Ok(()) => {}
+                Err(Refused::Limited(secs)) => {
+                    return self
+                        .message_as(t, Message::TooManyAttempts, 429)
+                        .header("Retry-After", HeaderValue::from(secs))
+                        .facts(events::limited("code_failures"))
+                        .fact(Fact::Verification("refused"));
+                }
+                Err(Refused::Unavailable(e)) => {
+                    return self.browser_error(t, BrowserError::Store(e));
+                }
+            }
+        }
         let Some(user_code) = normalize_user_code(typed) else {
-            self.limits.code_failed(&ip, now);
             let shown: String = typed.chars().take(20).collect();
             return self
                 .code_error(t, &shown, CodeError::Malformed)
@@ -75,30 +88,25 @@ impl Gateway {
             Ok(k) => k,
             Err(e) => return self.browser_error(t, BrowserError::Store(e)),
         };
-        match params.get("action").unwrap_or("lookup") {
-            "lookup" => {
-                let reply = self.consent(req, t, &user_code, &session.id, keys).await;
-                session.keep(reply)
-            }
-            act @ ("approve" | "deny") => {
-                // The approve/deny form must come from a page this browser got from us. Its
-                // CSRF token exists only for a code that was looked up (and counted) above, so
-                // these actions cannot be used to guess codes.
-                let csrf = params.get("csrf").unwrap_or("");
-                if session.new_cookie.is_some() || !keys.csrf_ok(&session.id, &user_code, csrf) {
-                    tracing::warn!("verification form with a bad CSRF token");
-                    return self
-                        .message(t, Message::LoginMismatch)
-                        .fact(Fact::Verification("refused"));
-                }
-                if act == "deny" {
-                    return self.deny(t, &user_code, now).await;
-                }
-                let binding = keys.browser_binding(&session.id);
-                self.approve(t, &user_code, binding, now).await
-            }
-            _ => self.message(t, Message::BadRequest),
+        if action == "lookup" {
+            let reply = self.consent(req, t, &user_code, &session.id, keys).await;
+            return session.keep(reply);
         }
+        // Approve and deny must come from a page this browser got from us. Their CSRF token
+        // exists only for a code that was looked up (and counted) above, so these actions
+        // cannot be used to guess codes, and are not counted again.
+        let csrf = params.get("csrf").unwrap_or("");
+        if session.new_cookie.is_some() || !keys.csrf_ok(&session.id, &user_code, csrf) {
+            tracing::warn!("verification form with a bad CSRF token");
+            return self
+                .message(t, Message::LoginMismatch)
+                .fact(Fact::Verification("refused"));
+        }
+        if action == "deny" {
+            return self.deny(t, &user_code, now).await;
+        }
+        let binding = keys.browser_binding(&session.id);
+        self.approve(t, &user_code, binding, now).await
     }
 
     /// The code entry form. §3.3.1: a code from `verification_uri_complete` is only
@@ -135,18 +143,22 @@ impl Gateway {
         keys: BrowserKeys<'_>,
     ) -> Reply {
         let now = req.now.secs();
+        let ip = req.ip_key();
         let grant = match self.device.lookup(user_code, now).await {
             Ok(g) => g,
             Err(BrowserError::UnknownCode) => {
-                let ip = req.ip_key();
+                // The attempt stays spent: only wrong codes count.
                 tracing::info!(client_ip = %ip, "unknown user code entered");
-                self.limits.code_failed(&ip, now);
                 return self
                     .code_error(t, "", CodeError::Unknown)
                     .fact(Fact::Verification("unknown_code"));
             }
-            Err(e) => return self.browser_error(t, e),
+            Err(e) => {
+                self.limits.code_was_right(&ip).await;
+                return self.browser_error(t, e);
+            }
         };
+        self.limits.code_was_right(&ip).await;
         let Some(client) = self.enabled_client(&grant.client_id) else {
             return self.refuse_disabled_client(t, user_code, now).await;
         };

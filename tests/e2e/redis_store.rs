@@ -327,3 +327,73 @@ async fn rediss_is_verified_against_the_configured_ca() {
     trusted.insert(&grant).await.unwrap();
     assert_eq!(trusted.get(Key::Id("g1")).await.unwrap(), Some(grant));
 }
+
+/// 300 wrong codes at the same moment from one address, spread over two instances sharing one
+/// Redis: the per-address budget (10) is spent before each lookup, atomically in Redis, so
+/// exactly 10 are looked up, whatever the instance or the timing. (Counted per instance and
+/// checked before an awaited lookup, 100 of 100 concurrent guesses used to be looked up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_guesses_on_two_instances_get_one_budget() {
+    let env = Env::start(Options {
+        limits: Some(
+            "  code_failures_per_ip: 10\n  code_failures_global_per_minute: 1000\n".into(),
+        ),
+        ..redis_env(1)
+    })
+    .await;
+    let second = env.start_instance("second");
+    let urls = [env.url.clone(), second.gate.url.clone()];
+    let attacker = reqwest::Client::builder()
+        .local_address("127.5.0.1".parse::<std::net::IpAddr>().unwrap())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300usize {
+        let url = format!("{}/device", urls[i % 2]);
+        let http = attacker.clone();
+        tasks.spawn(async move {
+            let letters = "BCDFGHJKLMNPQRSTVWXZ";
+            let code: String = (0..8)
+                .map(|k| {
+                    letters
+                        .chars()
+                        .nth((i / 20usize.pow(k % 2) + k as usize) % 20)
+                        .unwrap()
+                })
+                .collect();
+            let resp = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("action=lookup&user_code={code}"))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        });
+    }
+    let (mut looked_up, mut refused) = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        let (status, text) = done.unwrap();
+        match status {
+            400 if text.contains("recognise that code") => looked_up += 1,
+            429 => refused += 1,
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    assert_eq!((looked_up, refused), (10, 290));
+    // Another address has its own budget, on either instance.
+    let other = reqwest::Client::builder()
+        .local_address("127.5.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let resp = other
+        .post(format!("{}/device", urls[1]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("action=lookup&user_code=BCDFGHJK")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
