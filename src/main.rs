@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     if args.check {
         println!("{}: OK", args.config.display());
         println!(
-            "user-code brute force: at most {bound:.1e} expected correct guesses a day per instance \
+            "user-code brute force: at most {bound:.1e} expected correct guesses a day for the whole deployment \
              ({} wrong codes a minute × {} pending grants ÷ 20^8)",
             config.limits.code_failures_global_per_minute, config.store.max_pending
         );

@@ -15,8 +15,8 @@ use super::ui::Ui;
 /// Number of possible user codes: 8 letters from a 20-letter alphabet (RFC 8628 §6.1).
 pub const USER_CODE_SPACE: f64 = 25_600_000_000.0;
 
-/// Abuse limits (`limits:`). Rate limits count per gateway instance; 0 turns a rate limit off
-/// (the user-code failure limits cannot be turned off).
+/// Abuse limits (`limits:`). Counted in the grant store (with Redis, for the whole
+/// deployment); 0 turns a rate limit off (the user-code failure limits cannot be turned off).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
