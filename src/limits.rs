@@ -54,17 +54,35 @@ pub fn same_network(a: IpAddr, b: IpAddr) -> bool {
     }
 }
 
+/// The network an address belongs to, for per-network shares: its IPv4 /24 or IPv6 /64.
+pub fn network_key(ip: Option<IpAddr>) -> String {
+    match ip.map(crate::net::canonical) {
+        Some(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        None => "unknown".into(),
+    }
+}
+
 /// Every limit of the gateway, counted in the grant store.
 pub struct Limits {
     store: Arc<dyn Store>,
     c: LimitsConfig,
+    /// Seconds a grant lives: the window of a network's share of pending grants.
+    grant_lifetime: u64,
 }
 
 impl Limits {
-    pub fn new(c: &LimitsConfig, store: Arc<dyn Store>) -> Self {
+    pub fn new(c: &LimitsConfig, store: Arc<dyn Store>, grant_lifetime: u64) -> Self {
         Self {
             store,
             c: c.clone(),
+            grant_lifetime,
         }
     }
 
@@ -119,11 +137,37 @@ impl Limits {
     }
 
     /// One device authorization request by an authenticated client (counted only then, so a
-    /// stranger cannot spend a confidential client's budget by naming it).
-    pub async fn device_request_by(&self, client_id: &str, now: u64) -> Result<(), Refused> {
+    /// stranger cannot spend a confidential client's budget by naming it). A public client is
+    /// authenticated by its name alone, so its budget is counted per network: one network's
+    /// flood leaves every other network its own.
+    pub async fn device_request_by(
+        &self,
+        client_id: &str,
+        public: bool,
+        network: &str,
+        now: u64,
+    ) -> Result<(), Refused> {
         let max = self.c.device_requests_per_client_per_minute;
-        self.spend(&format!("device:client:{client_id}"), max, 60, now)
+        let key = if public {
+            format!("device:client:{client_id}:net:{network}")
+        } else {
+            format!("device:client:{client_id}")
+        };
+        self.spend(&key, max, 60, now).await
+    }
+
+    /// A grant is about to be opened for a device on `network`: its share of the pending
+    /// grants. Give it back with [`Self::grant_not_opened`] when the grant was not stored.
+    pub async fn open_grant(&self, network: &str, now: u64) -> Result<(), Refused> {
+        let key = format!("pending:net:{network}");
+        self.spend(&key, self.c.pending_per_network, self.grant_lifetime, now)
             .await
+    }
+
+    pub async fn grant_not_opened(&self, network: &str) {
+        if self.c.pending_per_network > 0 {
+            let _ = self.store.refund(&format!("pending:net:{network}")).await;
+        }
     }
 
     /// One device-code poll from `ip` (before authentication, as above).
@@ -161,7 +205,7 @@ mod tests {
 
     fn limits(c: LimitsConfig) -> Limits {
         let store = Arc::new(MemoryStore::new(std::time::Duration::from_secs(60), 10));
-        Limits::new(&c, store)
+        Limits::new(&c, store, 600)
     }
 
     #[tokio::test]
@@ -202,6 +246,56 @@ mod tests {
             Err(Refused::Limited(40))
         );
         assert_eq!(l.code_attempt("10.9.9.9", 70).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_public_clients_budget_is_per_network_and_so_is_a_networks_share_of_grants() {
+        let l = limits(LimitsConfig {
+            device_requests_per_client_per_minute: 3,
+            pending_per_network: 2,
+            ..LimitsConfig::default()
+        });
+        for _ in 0..3 {
+            l.device_request_by("tv", true, "198.51.100.0/24", 0)
+                .await
+                .unwrap();
+        }
+        assert!(l
+            .device_request_by("tv", true, "198.51.100.0/24", 0)
+            .await
+            .is_err());
+        // Another network still gets codes for the same public client.
+        l.device_request_by("tv", true, "203.0.113.0/24", 0)
+            .await
+            .unwrap();
+        // A confidential client (authenticated by its secret) has one budget.
+        for _ in 0..3 {
+            l.device_request_by("kiosk", false, "198.51.100.0/24", 0)
+                .await
+                .unwrap();
+        }
+        assert!(l
+            .device_request_by("kiosk", false, "203.0.113.0/24", 0)
+            .await
+            .is_err());
+        // Two grants per network per lifetime; one not stored is given back.
+        l.open_grant("198.51.100.0/24", 0).await.unwrap();
+        l.open_grant("198.51.100.0/24", 0).await.unwrap();
+        assert_eq!(
+            l.open_grant("198.51.100.0/24", 10).await,
+            Err(Refused::Limited(590))
+        );
+        l.grant_not_opened("198.51.100.0/24").await;
+        l.open_grant("198.51.100.0/24", 10).await.unwrap();
+        l.open_grant("203.0.113.0/24", 10).await.unwrap();
+        assert_eq!(
+            network_key(Some("198.51.100.7".parse().unwrap())),
+            "198.51.100.0/24"
+        );
+        assert_eq!(
+            network_key(Some("2001:db8:1:2:3::9".parse().unwrap())),
+            "2001:db8:1:2::/64"
+        );
     }
 
     #[tokio::test]

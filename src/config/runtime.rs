@@ -26,7 +26,13 @@ pub struct Limits {
     /// Wrong user codes everyone together may enter per minute: this bounds brute force.
     pub code_failures_global_per_minute: u32,
     pub device_requests_per_ip_per_minute: u32,
+    /// Device authorizations per client a minute. For a public client, whom anyone can name,
+    /// the budget is per client *and network* (IPv4 /24, IPv6 /64), so strangers cannot spend
+    /// a legitimate device's share.
     pub device_requests_per_client_per_minute: u32,
+    /// Grants one network (IPv4 /24, IPv6 /64) may open per grant lifetime (`expires_in`):
+    /// its share of `store.max_pending`, so a few networks cannot fill the store for everyone.
+    pub pending_per_network: u32,
     pub polls_per_ip_per_minute: u32,
     pub polls_per_client_per_minute: u32,
     /// Largest request body on the endpoints devicegate owns (413 beyond).
@@ -45,6 +51,7 @@ impl Default for Limits {
             code_failures_global_per_minute: 10,
             device_requests_per_ip_per_minute: 30,
             device_requests_per_client_per_minute: 600,
+            pending_per_network: 16,
             polls_per_ip_per_minute: 1200,
             polls_per_client_per_minute: 60_000,
             max_body_bytes: 64 * 1024,

@@ -8,6 +8,7 @@ use super::{auth, limit_error, Gateway, Reply, Request};
 use crate::device::code::display_user_code;
 use crate::device::service::{resolve_scopes, Requester};
 use crate::error::OAuthError;
+use crate::limits::network_key;
 
 /// The §3.2 answer, in its order.
 #[derive(Serialize)]
@@ -54,9 +55,11 @@ impl Gateway {
             Err(e) => return refuse(e),
         };
         // Counted only once authenticated, so a stranger cannot spend a client's budget.
+        let network = network_key(req.client_ip);
+        let public = client.client_secret.is_none();
         if let Err(r) = self
             .limits
-            .device_request_by(&client.client_id, now.secs())
+            .device_request_by(&client.client_id, public, &network, now.secs())
             .await
         {
             return refuse(limit_error(r, false));
@@ -69,13 +72,21 @@ impl Gateway {
             ip: req.client_ip.map(|ip| ip.to_string()),
             software: Requester::software_from_user_agent(req.header("user-agent")),
         };
+        // The network's share of the pending grants, so that a few networks cannot fill the
+        // store for everyone else.
+        if let Err(r) = self.limits.open_grant(&network, now.secs()).await {
+            return refuse(limit_error(r, false));
+        }
         let issued = match self
             .device
             .authorize(&client.client_id, scopes, requester, now)
             .await
         {
             Ok(i) => i,
-            Err(e) => return refuse(e),
+            Err(e) => {
+                self.limits.grant_not_opened(&network).await;
+                return refuse(e);
+            }
         };
         let verification_uri = self.config.public(&self.config.device.verification_path);
         let body = Response {

@@ -182,7 +182,7 @@ impl Gateway {
             device,
             oidc,
             pages,
-            limits: Limits::new(&config.limits, store),
+            limits: Limits::new(&config.limits, store, config.device.expires_in),
             metrics,
             clock,
             config,

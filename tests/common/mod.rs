@@ -267,11 +267,17 @@ store:
                 .as_ref()
                 .map(|u| format!("ui:\n{u}"))
                 .unwrap_or_default(),
-            limits = opts
-                .limits
-                .as_ref()
-                .map(|l| format!("limits:\n{l}"))
-                .unwrap_or_default(),
+            // Tests open many grants from 127.0.0.1: one network. Those about the per-network
+            // share set it themselves.
+            limits = {
+                let l = opts.limits.clone().unwrap_or_default();
+                let share = if l.contains("pending_per_network") {
+                    ""
+                } else {
+                    "  pending_per_network: 1000\n"
+                };
+                format!("limits:\n{share}{l}")
+            },
             // With the IdP down, discovery cannot teach the token path: configure it.
             token_path = if opts.idp_down {
                 "  token_path: /token\n"

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod availability;
 mod clients;
 #[path = "../common/mod.rs"]
 mod common;
