@@ -19,6 +19,9 @@ use crate::device::{Store, StoreError};
 pub enum Refused {
     /// The budget is spent: come back in this many seconds.
     Limited(u64),
+    /// Everyone's wrong-code budget is spent (someone is guessing): a user who signs in at the
+    /// IdP may still enter codes, counted against their own budget.
+    SignInFirst(u64),
     /// The store that keeps the counts cannot answer: refused too (fail closed).
     Unavailable(StoreError),
 }
@@ -69,6 +72,12 @@ pub fn network_key(ip: Option<IpAddr>) -> String {
     }
 }
 
+/// One user-code attempt, spent: the budgets it came from, to give back if the code was right.
+#[derive(Debug)]
+pub struct Attempt {
+    keys: [String; 2],
+}
+
 /// Every limit of the gateway, counted in the grant store.
 pub struct Limits {
     store: Arc<dyn Store>,
@@ -101,28 +110,50 @@ impl Limits {
     /// A user code from `ip` is about to be looked up: one attempt of this address's budget
     /// and of everyone's is spent first, so a refused guess tests nothing and concurrent
     /// guesses cannot all slip through. Give it back with [`Self::code_was_right`].
-    pub async fn code_attempt(&self, ip: &str, now: u64) -> Result<(), Refused> {
+    ///
+    /// When everyone's budget is spent, an attacker with many addresses may be keeping it so:
+    /// a user signed in at the IdP (`user`, their `sub`) then spends from their own budget
+    /// instead, which a guesser would need an account per handful of guesses to get.
+    pub async fn code_attempt(
+        &self,
+        ip: &str,
+        user: Option<&str>,
+        now: u64,
+    ) -> Result<Attempt, Refused> {
         let per_ip = format!("code:ip:{ip}");
-        self.spend(
-            &per_ip,
-            self.c.code_failures_per_ip,
-            self.c.code_failures_window_seconds,
-            now,
-        )
-        .await?;
-        let global = self
+        let window = self.c.code_failures_window_seconds;
+        self.spend(&per_ip, self.c.code_failures_per_ip, window, now)
+            .await?;
+        let spent = match self
             .spend("code:*", self.c.code_failures_global_per_minute, 60, now)
-            .await;
-        if global.is_err() {
+            .await
+        {
+            Ok(()) => Ok(Attempt {
+                keys: [per_ip.clone(), "code:*".into()],
+            }),
+            Err(Refused::Limited(secs)) => match user {
+                None => Err(Refused::SignInFirst(secs)),
+                Some(sub) => {
+                    let mine = format!("code:user:{sub}");
+                    self.spend(&mine, self.c.code_failures_per_ip, window, now)
+                        .await
+                        .map(|()| Attempt {
+                            keys: [per_ip.clone(), mine],
+                        })
+                }
+            },
+            Err(e) => Err(e),
+        };
+        if spent.is_err() {
             // Not looked up after all: this address keeps its attempt.
             let _ = self.store.refund(&per_ip).await;
         }
-        global
+        spent
     }
 
     /// The code was a real one: only wrong codes count against the budgets.
-    pub async fn code_was_right(&self, ip: &str) {
-        for key in [format!("code:ip:{ip}"), "code:*".to_string()] {
+    pub async fn code_was_right(&self, attempt: Attempt) {
+        for key in attempt.keys {
             if let Err(e) = self.store.refund(&key).await {
                 tracing::warn!(error = %e, "a right code's attempt was not given back");
             }
@@ -219,33 +250,47 @@ mod tests {
         let l = limits(c.clone());
         // Right codes cost nothing.
         for _ in 0..50 {
-            l.code_attempt("1.2.3.4", 0).await.unwrap();
-            l.code_was_right("1.2.3.4").await;
+            let a = l.code_attempt("1.2.3.4", None, 0).await.unwrap();
+            l.code_was_right(a).await;
         }
         for _ in 0..10 {
-            l.code_attempt("1.2.3.4", 0).await.unwrap();
+            l.code_attempt("1.2.3.4", None, 0).await.unwrap();
         }
         // The 11th attempt from that address is refused for the rest of the 15 minutes.
+        let refused = |r: Result<Attempt, Refused>| r.err();
         assert_eq!(
-            l.code_attempt("1.2.3.4", 1).await,
-            Err(Refused::Limited(899))
+            refused(l.code_attempt("1.2.3.4", None, 1).await),
+            Some(Refused::Limited(899))
         );
         assert_eq!(
-            l.code_attempt("1.2.3.4", 899).await,
-            Err(Refused::Limited(1))
+            refused(l.code_attempt("1.2.3.4", None, 899).await),
+            Some(Refused::Limited(1))
         );
-        assert_eq!(l.code_attempt("1.2.3.4", 900).await, Ok(()));
+        assert!(l.code_attempt("1.2.3.4", None, 900).await.is_ok());
         // The global budget: 15 failures a minute from everyone together; an address refused
-        // by it keeps its own attempt.
+        // by it keeps its own attempt, and is asked to sign in.
         let l = limits(c);
         for i in 0..15 {
-            l.code_attempt(&format!("10.0.0.{i}"), 10).await.unwrap();
+            l.code_attempt(&format!("10.0.0.{i}"), None, 10)
+                .await
+                .unwrap();
         }
         assert_eq!(
-            l.code_attempt("10.9.9.9", 30).await,
-            Err(Refused::Limited(40))
+            refused(l.code_attempt("10.9.9.9", None, 30).await),
+            Some(Refused::SignInFirst(40))
         );
-        assert_eq!(l.code_attempt("10.9.9.9", 70).await, Ok(()));
+        // Signed in, a user spends from a budget of their own, however spent everyone's is.
+        for _ in 0..10 {
+            l.code_attempt("10.9.9.9", Some("alice"), 30).await.unwrap();
+        }
+        assert!(matches!(
+            l.code_attempt("10.9.9.8", Some("alice"), 30).await,
+            Err(Refused::Limited(_))
+        ));
+        // A right code gives back what it spent, the user's budget included.
+        let a = l.code_attempt("10.9.9.7", Some("bob"), 30).await.unwrap();
+        l.code_was_right(a).await;
+        assert!(l.code_attempt("10.9.9.7", None, 70).await.is_ok());
     }
 
     #[tokio::test]

@@ -45,10 +45,12 @@ pub enum Message {
     MethodNotAllowed,
     Unavailable,
     TooManyAttempts,
+    /// Everyone's wrong-code budget is spent: sign in at the IdP first.
+    SignInFirst,
 }
 
 impl Message {
-    pub const ALL: [Message; 13] = [
+    pub const ALL: [Message; 14] = [
         Self::Approved,
         Self::Denied,
         Self::Expired,
@@ -62,6 +64,7 @@ impl Message {
         Self::MethodNotAllowed,
         Self::Unavailable,
         Self::TooManyAttempts,
+        Self::SignInFirst,
     ];
 
     /// (HTTP status, message key, css class, offer a retry link)
@@ -79,6 +82,7 @@ impl Message {
             Self::BadRequest => (400, "bad_request", "error", true),
             Self::MethodNotAllowed => (405, "method_not_allowed", "error", true),
             Self::TooManyAttempts => (429, "too_many_attempts", "error", false),
+            Self::SignInFirst => (429, "sign_in_first", "error", false),
             Self::Unavailable => (503, "unavailable", "error", true),
         }
     }
@@ -91,6 +95,12 @@ impl Message {
     pub fn name(self) -> &'static str {
         self.parts().1
     }
+}
+
+/// The sign-in form of [`Message::SignInFirst`]: where it posts, and its CSRF token.
+pub struct SignIn<'a> {
+    pub action: &'a str,
+    pub csrf: &'a str,
 }
 
 /// An error shown above the code input.
@@ -213,9 +223,18 @@ impl Pages {
                 self.try_render("consent.html", self.consent_context(t, &sample)),
             ];
             for m in Message::ALL {
-                results
-                    .push(self.try_render("message.html", self.message_context(t, m, "/device")));
+                results.push(
+                    self.try_render("message.html", self.message_context(t, m, "/device", None)),
+                );
             }
+            let signin = SignIn {
+                action: "/device",
+                csrf: "x",
+            };
+            results.push(self.try_render(
+                "message.html",
+                self.message_context(t, Message::SignInFirst, "/device", Some(&signin)),
+            ));
             for r in results {
                 if let Err(e) = r {
                     errors.push(format!("rendering in '{lang}': {e:#}"));
@@ -337,8 +356,15 @@ impl Pages {
         self.render("consent.html", self.consent_context(t, c))
     }
 
-    fn message_context(&self, t: &Catalog, m: Message, retry_url: &str) -> Value {
+    fn message_context(
+        &self,
+        t: &Catalog,
+        m: Message,
+        retry_url: &str,
+        signin: Option<&SignIn<'_>>,
+    ) -> Value {
         let (_, key, kind, retry) = m.parts();
+        let signin = signin.map(|s| context! { action => s.action, csrf => s.csrf });
         context! {
             ..self.base_context(t),
             ..context! {
@@ -347,13 +373,28 @@ impl Pages {
                 message => t.get(&format!("msg_{key}_text")),
                 kind,
                 retry_url => retry.then_some(retry_url),
+                signin,
             }
         }
     }
 
     /// An outcome page; `retry_url` is the verification page.
     pub fn message(&self, t: &Catalog, m: Message, retry_url: &str) -> String {
-        self.render("message.html", self.message_context(t, m, retry_url))
+        self.render("message.html", self.message_context(t, m, retry_url, None))
+    }
+
+    /// An outcome page with a sign-in button (for [`Message::SignInFirst`]).
+    pub fn message_with_signin(
+        &self,
+        t: &Catalog,
+        m: Message,
+        retry_url: &str,
+        signin: &SignIn<'_>,
+    ) -> String {
+        self.render(
+            "message.html",
+            self.message_context(t, m, retry_url, Some(signin)),
+        )
     }
 }
 

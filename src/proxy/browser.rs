@@ -52,6 +52,34 @@ impl Browsers {
             .map(|(_, v)| v.to_string())
     }
 
+    /// A cookie of this browser by name (the session cookie's name plus `suffix`).
+    fn cookie(&self, req: &Request<'_>, suffix: &str) -> Option<String> {
+        let name = format!("{}{suffix}", self.cookie_name);
+        req.head
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    /// The signed-in cookie's value, if the request has one.
+    pub fn signed_in_cookie(&self, req: &Request<'_>) -> Option<String> {
+        self.cookie(req, "-user")
+    }
+
+    /// The `Set-Cookie` value of a sign-in that lasts `max_age` seconds.
+    pub fn set_signed_in_cookie(&self, value: &str, max_age: u64) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!(
+            "{}-user={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+            self.cookie_name
+        )
+    }
+
     /// The `Set-Cookie` value that starts a browser session.
     pub fn set_cookie(&self, session: &str) -> String {
         let secure = if self.secure { "; Secure" } else { "" };
@@ -112,5 +140,40 @@ impl BrowserKeys<'_> {
     /// never holds the cookie itself.
     pub fn browser_binding(self, browser: &str) -> String {
         URL_SAFE_NO_PAD.encode(self.mac("bind", &[browser]).finalize().into_bytes())
+    }
+
+    /// The nonce and PKCE verifier of a sign-in (no grant yet, so nothing stored): derived from
+    /// the state's random part and this browser, so only this browser's callback can redeem
+    /// the code, and the verifier never travels in a URL.
+    pub fn signin_secrets(self, browser: &str, random: &str) -> (String, String) {
+        let derive = |purpose: &str| {
+            URL_SAFE_NO_PAD.encode(
+                self.mac(purpose, &[browser, random])
+                    .finalize()
+                    .into_bytes(),
+            )
+        };
+        (derive("signin-nonce"), derive("signin-pkce"))
+    }
+
+    /// The signed-in cookie's value for `sub` until `expires` (seconds), bound to this browser.
+    pub fn signed_in(self, browser: &str, sub: &str, expires: u64) -> String {
+        let exp = expires.to_string();
+        let sub64 = URL_SAFE_NO_PAD.encode(sub);
+        let mac = self.mac("user", &[browser, &sub64, &exp]).finalize();
+        format!("{exp}.{sub64}.{}", URL_SAFE_NO_PAD.encode(mac.into_bytes()))
+    }
+
+    /// The `sub` a signed-in cookie value names, if it is this browser's and not expired.
+    pub fn signed_in_user(self, browser: &str, value: &str, now: u64) -> Option<String> {
+        let mut parts = value.splitn(3, '.');
+        let (exp, sub64, mac) = (parts.next()?, parts.next()?, parts.next()?);
+        let raw = URL_SAFE_NO_PAD.decode(mac).ok()?;
+        // Constant time: the MAC is what a forger would probe.
+        self.mac("user", &[browser, sub64, exp])
+            .verify_slice(&raw)
+            .ok()?;
+        (exp.parse::<u64>().ok()? > now).then_some(())?;
+        String::from_utf8(URL_SAFE_NO_PAD.decode(sub64).ok()?).ok()
     }
 }

@@ -43,6 +43,8 @@ pub enum Event {
     Delivered,
     /// A limit refused a request (`device`, `poll`, `code_failures`).
     Refused(&'static str),
+    /// A user signed in at the IdP to enter codes while everyone's wrong-code budget was spent.
+    SignedIn,
 }
 
 impl Event {
@@ -55,6 +57,7 @@ impl Event {
             Self::Expired => "expired",
             Self::Delivered => "delivered",
             Self::Refused(_) => "refused",
+            Self::SignedIn => "signed_in",
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use super::browser::BrowserKeys;
 use super::events::{Audit, By, Event, Fact};
 use super::verification::refusal_page;
 use super::{Gateway, Reply, Request};
@@ -14,6 +15,12 @@ use crate::device::service::BrowserError;
 use crate::device::{Grant, Key, Login, Status};
 use crate::oidc::UpstreamError;
 use crate::pages::{Catalog, Message};
+
+/// How a sign-in's `state` starts: a grant's starts with its id, 22 characters, never this.
+const SIGNIN_STATE: &str = "signin.";
+
+/// How long a sign-in lets its browser enter codes on its own budget.
+const SIGNED_IN_SECS: u64 = 900;
 
 impl Gateway {
     /// Approve pressed: bind a fresh login to the grant and send the browser to the IdP.
@@ -62,6 +69,95 @@ impl Gateway {
         reply.header_text("Location", url.as_str())
     }
 
+    /// The client a sign-in (no grant yet) goes to the IdP as: the first enabled one, whose
+    /// redirect URI, this gateway's callback, the IdP knows.
+    fn signin_client(&self) -> Option<&crate::config::Client> {
+        self.config.clients.values().find(|c| c.enabled)
+    }
+
+    /// "Sign in" pressed on the page shown while everyone's wrong-code budget is spent: the
+    /// browser goes to the IdP's login; no grant is involved, and nothing is stored.
+    pub(super) async fn sign_in(&self, t: &Catalog, browser: &str, keys: BrowserKeys<'_>) -> Reply {
+        let disc = match self.oidc.discovery().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a sign-in");
+                return self.message(t, Message::LoginRetry);
+            }
+        };
+        let Some(client) = self.signin_client() else {
+            return self.message(t, Message::Unavailable);
+        };
+        let random = random_token(16);
+        let (nonce, verifier) = keys.signin_secrets(browser, &random);
+        let state = format!("{SIGNIN_STATE}{random}");
+        let scopes = ["openid".to_string()];
+        let url = self
+            .oidc
+            .authorize_url(&disc, client, &scopes, &state, &nonce, &verifier);
+        let mut reply = Reply::new(303, Bytes::new());
+        reply.headers.extend(self.redirect_headers.iter().cloned());
+        reply.header_text("Location", url.as_str())
+    }
+
+    /// The IdP's answer to a sign-in: the browser gets a signed-in cookie for 15 minutes and
+    /// goes back to the code form.
+    async fn sign_in_callback(
+        &self,
+        req: &Request<'_>,
+        t: &Catalog,
+        random: &str,
+        q: &crate::form::Params,
+    ) -> Reply {
+        let keys = match self.browsers.keys(&self.device).await {
+            Ok(k) => k,
+            Err(e) => return self.browser_error(t, BrowserError::Store(e)),
+        };
+        // Only the browser that started the sign-in knows the secrets its state stands for.
+        let Some(browser) = self.browsers.session(req) else {
+            return self
+                .message(t, Message::LoginMismatch)
+                .fact(Fact::Verification("refused"));
+        };
+        if q.get("error").is_some() {
+            return self.message(t, Message::LoginFailed);
+        }
+        let (Some(code), Some(client)) = (q.get("code"), self.signin_client()) else {
+            return self.message(t, Message::BadRequest);
+        };
+        let (nonce, verifier) = keys.signin_secrets(&browser, random);
+        let now = req.now.secs();
+        match self
+            .oidc
+            .exchange_code(client, code, &verifier, &nonce, now)
+            .await
+        {
+            Ok(res) => {
+                let value = keys.signed_in(&browser, &res.subject, now + SIGNED_IN_SECS);
+                let back = self.config.public(&self.config.device.verification_path);
+                let cookie = self.browsers.set_signed_in_cookie(&value, SIGNED_IN_SECS);
+                let mut reply = Reply::new(303, Bytes::new());
+                reply.headers.extend(self.redirect_headers.iter().cloned());
+                reply
+                    .header_text("Location", &back)
+                    .header_text("Set-Cookie", &cookie)
+                    .fact(Fact::Audit(Audit {
+                        sub: Some(res.subject.clone()),
+                        client_id: Some(client.client_id.clone()),
+                        ..Audit::new(Event::SignedIn)
+                    }))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sign-in at the IdP failed");
+                if e.is_transient() {
+                    self.message(t, Message::LoginRetry)
+                } else {
+                    self.message(t, Message::LoginFailed)
+                }
+            }
+        }
+    }
+
     /// The IdP sends the browser back here with a code (or an error) and the `state`.
     pub(super) async fn callback(&self, req: &Request<'_>) -> Reply {
         let t = self.lang(req.head);
@@ -72,7 +168,7 @@ impl Gateway {
         let Ok(q) = req.query() else {
             return self.message(t, Message::BadRequest);
         };
-        let Some((id, secret)) = q.get("state").and_then(|s| s.split_once('.')) else {
+        let Some(state) = q.get("state") else {
             return mismatch();
         };
         // RFC 9207: a response naming another issuer is a mix-up attempt; ignore it.
@@ -82,6 +178,12 @@ impl Gateway {
             tracing::warn!("login callback from another issuer refused");
             return mismatch();
         }
+        if let Some(random) = state.strip_prefix(SIGNIN_STATE) {
+            return self.sign_in_callback(req, t, random, &q).await;
+        }
+        let Some((id, secret)) = state.split_once('.') else {
+            return mismatch();
+        };
         let keys = match self.browsers.keys(&self.device).await {
             Ok(k) => k,
             Err(e) => return self.browser_error(t, BrowserError::Store(e)),

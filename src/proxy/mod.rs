@@ -381,7 +381,8 @@ const SPOOFABLE: &[&str] = &[
 /// the counts could not be kept (the store is down: fail closed).
 fn limit_error(refused: crate::limits::Refused, poll: bool) -> crate::error::OAuthError {
     match refused {
-        crate::limits::Refused::Limited(retry_after) => {
+        crate::limits::Refused::Limited(retry_after)
+        | crate::limits::Refused::SignInFirst(retry_after) => {
             crate::error::OAuthError::RateLimited { poll, retry_after }
         }
         crate::limits::Refused::Unavailable(e) => {

@@ -816,6 +816,23 @@ async fn with_a_working_idp(sub: &str) -> (Harness, String, String, String) {
 
 /// [`with_a_working_idp`], and the request lines the IdP is sent.
 async fn with_a_working_idp_logging(sub: &str) -> (Harness, String, String, String, Hits) {
+    let (answers, hits) = (Answers::default(), Hits::default());
+    let addr = test_idp_logging(answers.clone(), hits.clone()).await;
+    let h = harness_with(&CONFIG.replace("127.0.0.1:9", &addr.to_string()));
+    let (cookie, _, grant, state) = begin_login(&h, None).await;
+    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
+    let Status::Authorizing(login) = &g.status else {
+        panic!("not authorizing: {:?}", g.status)
+    };
+    let now = h.clock.now().secs();
+    let (tokens, jwks) = signed_tokens("tv-app", &login.nonce, sub, now);
+    *answers.lock().unwrap() = vec![("post /token ".into(), tokens), ("get /jwks ".into(), jwks)];
+    (h, cookie, grant, state, hits)
+}
+
+/// A token response with an ID token for `aud`, `nonce` and `sub`, and the key set that
+/// verifies it: (token response, JWKS), as JSON.
+fn signed_tokens(aud: &str, nonce: &str, sub: &str, now: u64) -> (String, String) {
     use openidconnect::core::{
         CoreIdToken, CoreIdTokenClaims, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
         CoreRsaPrivateSigningKey,
@@ -826,28 +843,20 @@ async fn with_a_working_idp_logging(sub: &str) -> (Harness, String, String, Stri
     };
     use rsa::pkcs1::EncodeRsaPrivateKey;
 
-    let (answers, hits) = (Answers::default(), Hits::default());
-    let addr = test_idp_logging(answers.clone(), hits.clone()).await;
-    let h = harness_with(&CONFIG.replace("127.0.0.1:9", &addr.to_string()));
-    let (cookie, _, grant, state) = begin_login(&h, None).await;
-    let g = h.gw.device.by_id(&grant).await.unwrap().unwrap();
-    let Status::Authorizing(login) = &g.status else {
-        panic!("not authorizing: {:?}", g.status)
-    };
     let rsa_key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
     let pem = rsa_key.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).unwrap();
     let key =
         CoreRsaPrivateSigningKey::from_pem(&pem, Some(JsonWebKeyId::new("k1".into()))).unwrap();
-    let now = h.clock.now().secs() as i64;
+    let now = now as i64;
     let claims = CoreIdTokenClaims::new(
         IssuerUrl::new("http://gw.test".into()).unwrap(),
-        vec![Audience::new("tv-app".into())],
+        vec![Audience::new(aud.into())],
         chrono::DateTime::from_timestamp(now + 3600, 0).unwrap(),
         chrono::DateTime::from_timestamp(now - 10, 0).unwrap(),
         StandardClaims::new(SubjectIdentifier::new(sub.into())),
         EmptyAdditionalClaims {},
     )
-    .set_nonce(Some(Nonce::new(login.nonce.clone())));
+    .set_nonce(Some(Nonce::new(nonce.into())));
     let id_token = CoreIdToken::new(
         claims,
         &key,
@@ -861,11 +870,7 @@ async fn with_a_working_idp_logging(sub: &str) -> (Harness, String, String, Stri
         "id_token": id_token.to_string(),
     });
     let jwks = CoreJsonWebKeySet::new(vec![key.as_verification_key()]);
-    *answers.lock().unwrap() = vec![
-        ("post /token ".into(), tokens.to_string()),
-        ("get /jwks ".into(), serde_json::to_string(&jwks).unwrap()),
-    ];
-    (h, cookie, grant, state, hits)
+    (tokens.to_string(), serde_json::to_string(&jwks).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1042,4 +1047,85 @@ async fn a_poll_while_the_idp_cannot_be_asked_is_told_to_come_back() {
     assert_eq!(r.status, 503, "{}", text(&r));
     assert_eq!(json(&r)["error"], "temporarily_unavailable");
     assert!(r.header_value("retry-after").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_guessers_hold_the_global_budget_a_signed_in_user_still_enters_their_code() {
+    let answers = Answers::default();
+    let addr = test_idp(answers.clone()).await;
+    let h = harness_with(&format!(
+        "{}limits:\n  code_failures_global_per_minute: 2\n",
+        CONFIG.replace("127.0.0.1:9", &addr.to_string())
+    ));
+    learn_discovery(&h).await;
+    // Guessers on two networks spend everyone's budget.
+    for ip in ["127.0.2.1", "127.0.3.1"] {
+        let r = h
+            .send_from(ip, "POST", "/device", &[FORM], "user_code=BCDFGHJK")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400);
+    }
+    let (_, user_code) = h.authorize().await;
+    let (cookie, _) = h.browser().await;
+    let lookup = |cookies: String| {
+        let h = &h;
+        let body = format!("user_code={user_code}");
+        async move {
+            h.send_from(
+                "127.0.9.1",
+                "POST",
+                "/device",
+                &[FORM, ("cookie", &cookies)],
+                &body,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // The right code is refused before its lookup (the budget is everyone's), but the page
+    // offers a way a guesser lacks: sign in first.
+    let r = lookup(cookie.clone()).await;
+    assert_eq!(r.status, 429, "{}", text(&r));
+    assert!(text(&r).contains("Sign in to continue"), "{}", text(&r));
+    let csrf = text(&r)
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .unwrap()
+        .to_string();
+    // A forged signed-in cookie changes nothing.
+    let forged = format!("{cookie}; devicegate-user=9999999999.Y2Fyb2w.AAAA");
+    assert_eq!(lookup(forged).await.status, 429);
+
+    let r = h
+        .post(
+            "/device",
+            &[("cookie", &cookie)],
+            &format!("action=signin&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let location = url::Url::parse(r.header_value("location").unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], "kiosk", "the first enabled client");
+    assert!(q["state"].starts_with("signin."));
+    let (tokens, jwks) = signed_tokens("kiosk", &q["nonce"], "carol", h.clock.now().secs());
+    *answers.lock().unwrap() = vec![("post /token ".into(), tokens), ("get /jwks ".into(), jwks)];
+    let r = h
+        .callback(&format!("state={}&code=abc", q["state"]), &cookie)
+        .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    assert_eq!(events(&r), [Event::SignedIn]);
+    let signed_in = r.header_value("set-cookie").unwrap();
+    assert!(signed_in.contains("HttpOnly"));
+    let signed_in = signed_in.split(';').next().unwrap();
+
+    // Signed in, the code is looked up, on the user's own budget.
+    let r = lookup(format!("{cookie}; {signed_in}")).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(events(&r), [Event::CodeEntered]);
+    // The signed-in cookie is this browser's only.
+    let (other, _) = h.browser().await;
+    assert_eq!(lookup(format!("{other}; {signed_in}")).await.status, 429);
 }

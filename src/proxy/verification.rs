@@ -13,8 +13,8 @@ use crate::device::code::{display_user_code, normalize_user_code, random_token};
 use crate::device::service::BrowserError;
 use crate::device::{Key, Refusal};
 use crate::form::{is_form_content_type, Params};
-use crate::limits::{same_network, Refused};
-use crate::pages::{Catalog, CodeError, Consent, Message};
+use crate::limits::{same_network, Attempt, Refused};
+use crate::pages::{Catalog, CodeError, Consent, Message, SignIn};
 
 /// The browser session of a request: its id, and the cookie to set when it is new.
 pub(super) struct BrowserSession {
@@ -56,22 +56,62 @@ impl Gateway {
         };
         let now = req.now.secs();
         let action = params.get("action").unwrap_or("lookup");
-        if !matches!(action, "lookup" | "approve" | "deny") {
+        if !matches!(action, "lookup" | "approve" | "deny" | "signin") {
             return self.message(t, Message::BadRequest);
         }
+        let keys = match self.browsers.keys(&self.device).await {
+            Ok(k) => k,
+            Err(e) => return self.browser_error(t, BrowserError::Store(e)),
+        };
+        let csrf = params.get("csrf").unwrap_or("");
+        if action == "signin" {
+            // The sign-in button of the page below: from a page this browser got from us.
+            if session.new_cookie.is_some() || !keys.csrf_ok(&session.id, "signin", csrf) {
+                tracing::warn!("sign-in form with a bad CSRF token");
+                return self
+                    .message(t, Message::LoginMismatch)
+                    .fact(Fact::Verification("refused"));
+            }
+            return self.sign_in(t, &session.id, keys).await;
+        }
         let typed = params.get("user_code").unwrap_or("");
+        let mut attempt = None;
         if action == "lookup" {
             // §5.1: the attempt is spent before anything is looked up (a right code gives it
             // back), so neither a spent budget nor many guesses at once test any code.
             let ip = req.ip_key();
-            match self.limits.code_attempt(&ip, now).await {
-                Ok(()) => {}
+            let user = self
+                .browsers
+                .signed_in_cookie(req)
+                .and_then(|v| keys.signed_in_user(&session.id, &v, now));
+            match self.limits.code_attempt(&ip, user.as_deref(), now).await {
+                Ok(a) => attempt = Some(a),
                 Err(Refused::Limited(secs)) => {
                     return self
                         .message_as(t, Message::TooManyAttempts, 429)
                         .header("Retry-After", HeaderValue::from(secs))
                         .facts(events::limited("code_failures"))
                         .fact(Fact::Verification("refused"));
+                }
+                Err(Refused::SignInFirst(secs)) => {
+                    // Someone is spending everyone's budget: a person who signs in at the IdP
+                    // gets a budget of their own, which a guesser with many addresses lacks.
+                    let signin = SignIn {
+                        action: &self.config.device.verification_path,
+                        csrf: &keys.csrf_token(&session.id, "signin"),
+                    };
+                    let html = self.pages.message_with_signin(
+                        t,
+                        Message::SignInFirst,
+                        &self.config.device.verification_path,
+                        &signin,
+                    );
+                    let reply = self
+                        .page(t, 429, html)
+                        .header("Retry-After", HeaderValue::from(secs))
+                        .facts(events::limited("code_failures"))
+                        .fact(Fact::Verification("refused"));
+                    return session.keep(reply);
                 }
                 Err(Refused::Unavailable(e)) => {
                     return self.browser_error(t, BrowserError::Store(e));
@@ -84,18 +124,15 @@ impl Gateway {
                 .code_error(t, &shown, CodeError::Malformed)
                 .fact(Fact::Verification("malformed_code"));
         };
-        let keys = match self.browsers.keys(&self.device).await {
-            Ok(k) => k,
-            Err(e) => return self.browser_error(t, BrowserError::Store(e)),
-        };
-        if action == "lookup" {
-            let reply = self.consent(req, t, &user_code, &session.id, keys).await;
+        if let Some(attempt) = attempt {
+            let reply = self
+                .consent(req, t, &user_code, &session.id, keys, attempt)
+                .await;
             return session.keep(reply);
         }
         // Approve and deny must come from a page this browser got from us. Their CSRF token
         // exists only for a code that was looked up (and counted) above, so these actions
         // cannot be used to guess codes, and are not counted again.
-        let csrf = params.get("csrf").unwrap_or("");
         if session.new_cookie.is_some() || !keys.csrf_ok(&session.id, &user_code, csrf) {
             tracing::warn!("verification form with a bad CSRF token");
             return self
@@ -141,6 +178,7 @@ impl Gateway {
         user_code: &str,
         browser: &str,
         keys: BrowserKeys<'_>,
+        attempt: Attempt,
     ) -> Reply {
         let now = req.now.secs();
         let ip = req.ip_key();
@@ -154,11 +192,11 @@ impl Gateway {
                     .fact(Fact::Verification("unknown_code"));
             }
             Err(e) => {
-                self.limits.code_was_right(&ip).await;
+                self.limits.code_was_right(attempt).await;
                 return self.browser_error(t, e);
             }
         };
-        self.limits.code_was_right(&ip).await;
+        self.limits.code_was_right(attempt).await;
         let Some(client) = self.enabled_client(&grant.client_id) else {
             return self.refuse_disabled_client(t, user_code, now).await;
         };

@@ -270,3 +270,55 @@ async fn qr_code_and_operator_templates() {
         .unwrap()
         .contains(">Continuar</button>"));
 }
+
+/// Guessers on other networks keep everyone's wrong-code budget spent: the user with the right
+/// code is asked to sign in at the IdP first (a page axe checks too), then enters the code on a
+/// budget of their own and approves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_guessers_spend_the_global_budget_a_user_signs_in_first_and_approves() {
+    let env = Env::start(Options {
+        limits: Some("  code_failures_global_per_minute: 2\n".into()),
+        ..Options::default()
+    })
+    .await;
+    for net in [2u8, 3] {
+        let guesser = reqwest::Client::builder()
+            .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, net, 1)))
+            .build()
+            .unwrap();
+        let resp = guesser
+            .post(format!("{}/device", env.url))
+            .form(&[("user_code", "BCDFGHJK")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+    let dev = env.authorize("tv-app", "openid").await;
+    let report = browser(json!({
+        "name": "sign-in-first",
+        "url": dev["verification_uri"],
+        "user_code": dev["user_code"],
+        "sign_in_first": true,
+        "action": "approve",
+        "username": "hana",
+    }))
+    .await;
+    let titles: Vec<&str> = report["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| s(&p["title"]))
+        .collect();
+    assert!(titles.contains(&"Sign in to continue"), "{report}");
+    assert!(s(&report["text"]).contains("You're signed in"), "{report}");
+    let (status, tokens) = env
+        .poll_until_done(
+            "tv-app",
+            s(&dev["device_code"]),
+            1,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(status, 200, "{tokens}");
+}

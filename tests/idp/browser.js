@@ -7,6 +7,8 @@
 //   user_code    typed into the form when it is not prefilled (optional)
 //   retry_code   if submitting the code shows the code form again (an error), type this one
 //                and submit again (optional)
+//   sign_in_first  true: the first code entry meets the sign-in page (everyone's wrong-code
+//                budget spent): sign in at the IdP, then enter user_code again
 //   action       "approve" | "deny" | "lookup" (stop at the consent page) | "enter" (stop after
 //                submitting the code) | "open" (stop at the first page)
 //   username     the user name to log in with at the IdP (approve only)
@@ -89,9 +91,41 @@ try {
     await page.locator('form button[type=submit]').first().click();
     await page.waitForLoadState();
   };
+  // oidc-provider's development login page, then (for offline_access) its consent page, until
+  // the browser is back on devicegate's pages (an IdP session may skip the login).
+  const idpLogin = async () => {
+    for (let i = 0; i < 6 && !new URL(page.url()).pathname.startsWith('/device'); i += 1) {
+      if (await page.locator('input[name=login]').count() > 0) {
+        await snap('idp-login');
+        if (args.idp_action === 'abort') {
+          await page.getByRole('link', { name: /Cancel/i }).click();
+          await page.waitForLoadState();
+          return;
+        }
+        await page.fill('input[name=login]', args.username || 'alice');
+        await page.fill('input[name=password]', 'any-password');
+        await page.locator('button[type=submit]').click();
+      } else {
+        const consent = page.locator('button[type=submit]');
+        if (await consent.count() === 0) break;
+        await snap('idp-consent');
+        await consent.first().click();
+      }
+      await page.waitForLoadState();
+    }
+  };
   if (args.action !== 'open') {
     await submitCode(args.user_code);
     await snap('after-enter');
+    if (args.sign_in_first) {
+      // Everyone's wrong-code budget is spent: sign in at the IdP, then enter the code again.
+      await page.locator('input[name=action][value=signin]').locator('xpath=..').locator('button').click();
+      await page.waitForLoadState();
+      await idpLogin();
+      await snap('signed-in');
+      await submitCode(args.user_code);
+      await snap('after-sign-in');
+    }
     if (args.retry_code !== undefined && await page.locator('input[name=user_code]').count() > 0) {
       await submitCode(args.retry_code);
       await snap('after-retry');
@@ -101,24 +135,8 @@ try {
     await page.locator(`button[name=action][value=${args.action}]`).click();
     await page.waitForLoadState();
     if (args.action === 'approve' && args.idp_action !== 'none') {
-      // oidc-provider's development login page, then (for offline_access) its consent page.
-      await page.locator('input[name=login]').waitFor();
-      await snap('idp-login');
-      if (args.idp_action === 'abort') {
-        await page.getByRole('link', { name: /Cancel/i }).click();
-      } else {
-        await page.fill('input[name=login]', args.username || 'alice');
-        await page.fill('input[name=password]', 'any-password');
-        await page.locator('button[type=submit]').click();
-        await page.waitForLoadState();
-        for (let i = 0; i < 3 && !page.url().includes('/device'); i += 1) {
-          const consent = page.locator('button[type=submit]');
-          if (await consent.count() === 0) break;
-          await snap('idp-consent');
-          await consent.first().click();
-          await page.waitForLoadState();
-        }
-      }
+      await page.locator('input[name=login]').or(page.locator('[data-outcome]')).first().waitFor();
+      await idpLogin();
     }
     await snap('result');
   }
