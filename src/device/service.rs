@@ -99,7 +99,9 @@ pub struct DeviceService {
 struct Waiting {
     grant_id: String,
     client_id: String,
-    last_poll: u64,
+    /// When it last polled, to the millisecond: two polls 20 ms apart are too fast, even
+    /// when a second boundary falls between them.
+    last_poll: Time,
     interval: u64,
 }
 
@@ -133,12 +135,13 @@ impl PollGate {
         hash: &str,
         client_id: &str,
         base: u64,
-        now: u64,
+        now: Time,
     ) -> Option<(String, OAuthError)> {
         let entry = self.0.get(hash)?;
         let mut w = entry.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = now.millis().saturating_sub(w.last_poll.millis());
         // Another client's poll goes to the store, which answers invalid_grant.
-        if w.client_id != client_id || now.saturating_sub(w.last_poll) >= base {
+        if w.client_id != client_id || since >= base.saturating_mul(1000) {
             return None;
         }
         w.interval = grown_interval(w.interval);
@@ -267,15 +270,18 @@ impl DeviceService {
         device_code: &str,
         now: u64,
     ) -> Result<TokenSet, OAuthError> {
-        self.poll_grant(client_id, device_code, now).await.result
+        self.poll_grant(client_id, device_code, Time::from_secs(now))
+            .await
+            .result
     }
 
     /// [`Self::poll`], also naming the grant polled when there is one, and who approved it
     /// when the tokens are delivered (for the audit log).
-    pub async fn poll_grant(&self, client_id: &str, device_code: &str, now: u64) -> Polled {
+    pub async fn poll_grant(&self, client_id: &str, device_code: &str, at: Time) -> Polled {
+        let now = at.secs();
         let hash = code::hash_device_code(device_code);
         let base = self.timing.interval;
-        if let Some((grant_id, slow_down)) = self.gate.too_fast(&hash, client_id, base, now) {
+        if let Some((grant_id, slow_down)) = self.gate.too_fast(&hash, client_id, base, at) {
             return Polled {
                 grant: Some(grant_id),
                 subject: None,
@@ -312,7 +318,7 @@ impl DeviceService {
                     Waiting {
                         grant_id: id.clone(),
                         client_id: client_id.to_string(),
-                        last_poll: now,
+                        last_poll: at,
                         interval,
                     },
                 );
@@ -603,6 +609,32 @@ mod tests {
         assert_eq!(
             svc.poll("tv", &issued.device_code, at(104_000)).await,
             Err(OAuthError::ExpiredToken)
+        );
+    }
+
+    #[tokio::test]
+    async fn two_polls_moments_apart_are_too_fast_even_across_a_second_boundary() {
+        let svc = DeviceService::new(
+            Arc::new(MemoryStore::new(Duration::from_secs(900), 10)),
+            Timing {
+                expires_in: 600,
+                interval: 1,
+            },
+            10,
+        );
+        let issued = svc
+            .authorize("tv", vec![], Requester::default(), Time::from_secs(100))
+            .await
+            .unwrap();
+        let poll = |ms| svc.poll_grant("tv", &issued.device_code, Time::from_millis(ms));
+        assert_eq!(
+            poll(100_990).await.result,
+            Err(OAuthError::AuthorizationPending)
+        );
+        // 20 ms later, in the next second: counted in whole seconds this passed as 1 s apart.
+        assert_eq!(
+            poll(101_010).await.result,
+            Err(OAuthError::SlowDown { interval: 6 })
         );
     }
 

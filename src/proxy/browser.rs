@@ -41,15 +41,7 @@ impl Browsers {
 
     /// The browser session id from the request's cookie, when it has a well-formed one.
     pub fn session(&self, req: &Request<'_>) -> Option<String> {
-        req.head
-            .headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, v)| *k == self.cookie_name && v.len() == 43)
-            .map(|(_, v)| v.to_string())
+        self.cookie(req, "").filter(|v| v.len() == 43)
     }
 
     /// A cookie of this browser by name (the session cookie's name plus `suffix`).

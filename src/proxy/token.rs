@@ -91,7 +91,7 @@ impl Gateway {
             .map_err(limited)?;
         let polled = self
             .device
-            .poll_grant(&client.client_id, device_code, now)
+            .poll_grant(&client.client_id, device_code, req.now)
             .await;
         Ok((client.client_id.clone(), polled))
     }

@@ -807,6 +807,14 @@ impl Reply {
     }
 }
 
+/// An HTTP client whose connections come from `ip` (any 127.x.y.z address works on Linux).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().expect("an IP address"))
+        .build()
+        .expect("http client")
+}
+
 /// nginx (Debian's nginx-light) on 127.0.0.1 as a reverse proxy in front of `upstream_port`,
 /// appending the peer to `X-Forwarded-For` as load balancers do. Returns (process, port).
 pub fn start_nginx(dir: &Path, upstream_port: u16) -> (Proc, u16) {

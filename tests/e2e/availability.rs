@@ -2,9 +2,7 @@
 //! distinct /24s) floods the device endpoint through a public client; a legitimate device on a
 //! network of its own still gets a code.
 
-use std::net::IpAddr;
-
-use crate::common::{Env, Options};
+use crate::common::{client_from, Env, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_attacking_networks_cannot_stop_a_device_from_getting_a_code() {
@@ -19,11 +17,8 @@ async fn fifty_attacking_networks_cannot_stop_a_device_from_getting_a_code() {
     for net in 0..50u8 {
         let url = format!("{}/device/code", env.url);
         tasks.spawn(async move {
-            let ip: IpAddr = format!("127.10.{net}.1").parse().unwrap();
-            let http = reqwest::Client::builder()
-                .local_address(ip)
-                .build()
-                .unwrap();
+            let ip = format!("127.10.{net}.1");
+            let http = client_from(&ip);
             let mut issued = 0;
             // More than the per-address budget: the attacker sends all it may.
             for _ in 0..32 {
@@ -55,10 +50,7 @@ async fn fifty_attacking_networks_cannot_stop_a_device_from_getting_a_code() {
     );
     // A device on a network of its own still gets its code (it got 429 when the attack had
     // spent tv-app's per-client budget, or 503 once the store was full).
-    let device = reqwest::Client::builder()
-        .local_address("127.200.0.1".parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap();
+    let device = client_from("127.200.0.1");
     let resp = device
         .post(format!("{}/device/code", env.url))
         .form(&[("client_id", "tv-app")])

@@ -295,12 +295,7 @@ async fn a_flood_of_wrong_codes_is_refused_before_the_eleventh_failure() {
     .await;
     let dev = env.authorize("tv-app", "openid").await;
     let real_code = s(&dev["user_code"]).to_string();
-    let from = |ip: &str| {
-        reqwest::Client::builder()
-            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
-            .build()
-            .unwrap()
-    };
+    let from = crate::common::client_from;
     let lookup = |client: reqwest::Client, code: String| {
         let url = format!("{}/device", env.url);
         async move {

@@ -384,10 +384,7 @@ async fn concurrent_guesses_on_two_instances_get_one_budget() {
     }
     assert_eq!((looked_up, refused), (10, 290));
     // Another address has its own budget, on either instance.
-    let other = reqwest::Client::builder()
-        .local_address("127.5.0.2".parse::<std::net::IpAddr>().unwrap())
-        .build()
-        .unwrap();
+    let other = crate::common::client_from("127.5.0.2");
     let resp = other
         .post(format!("{}/device", urls[1]))
         .header("content-type", "application/x-www-form-urlencoded")

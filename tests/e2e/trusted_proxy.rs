@@ -1,18 +1,9 @@
 //! Behind a load balancer: nginx in front of the gateway, clients on distinct loopback
 //! addresses, and clients that forge forwarding headers.
 
-use std::net::IpAddr;
-
 use serde_json::Value;
 
-use crate::common::{s, start_nginx, Env, Options};
-
-fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .build()
-        .unwrap()
-}
+use crate::common::{client_from, s, start_nginx, Env, Options};
 
 async fn device_request(http: &reqwest::Client, base: &str, xff: Option<&str>) -> u16 {
     let mut req = http

@@ -282,10 +282,7 @@ async fn while_guessers_spend_the_global_budget_a_user_signs_in_first_and_approv
     })
     .await;
     for net in [2u8, 3] {
-        let guesser = reqwest::Client::builder()
-            .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, net, 1)))
-            .build()
-            .unwrap();
+        let guesser = crate::common::client_from(&format!("127.0.{net}.1"));
         let resp = guesser
             .post(format!("{}/device", env.url))
             .form(&[("user_code", "BCDFGHJK")])
