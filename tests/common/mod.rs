@@ -815,6 +815,25 @@ pub fn client_from(ip: &str) -> reqwest::Client {
         .expect("http client")
 }
 
+/// Enters `code` on the verification page at `base` (`action=lookup`): (status, Retry-After,
+/// page text).
+pub async fn enter_code(
+    http: &reqwest::Client,
+    base: &str,
+    code: &str,
+) -> (u16, Option<reqwest::header::HeaderValue>, String) {
+    let resp = http
+        .post(format!("{base}/device"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("action=lookup&user_code={code}"))
+        .send()
+        .await
+        .expect("request to the gateway");
+    let status = resp.status().as_u16();
+    let retry = resp.headers().get("retry-after").cloned();
+    (status, retry, resp.text().await.unwrap_or_default())
+}
+
 /// nginx (Debian's nginx-light) on 127.0.0.1 as a reverse proxy in front of `upstream_port`,
 /// appending the peer to `X-Forwarded-For` as load balancers do. Returns (process, port).
 pub fn start_nginx(dir: &Path, upstream_port: u16) -> (Proc, u16) {

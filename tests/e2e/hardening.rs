@@ -297,19 +297,8 @@ async fn a_flood_of_wrong_codes_is_refused_before_the_eleventh_failure() {
     let real_code = s(&dev["user_code"]).to_string();
     let from = crate::common::client_from;
     let lookup = |client: reqwest::Client, code: String| {
-        let url = format!("{}/device", env.url);
-        async move {
-            let resp = client
-                .post(url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("action=lookup&user_code={code}"))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            let retry = resp.headers().get("retry-after").cloned();
-            (status, retry, resp.text().await.unwrap())
-        }
+        let base = env.url.clone();
+        async move { crate::common::enter_code(&client, &base, &code).await }
     };
     // Wrong codes that differ from the real one in every letter.
     let wrong = |i: usize| {

@@ -350,7 +350,7 @@ async fn concurrent_guesses_on_two_instances_get_one_budget() {
         .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..300usize {
-        let url = format!("{}/device", urls[i % 2]);
+        let url = urls[i % 2].clone();
         let http = attacker.clone();
         tasks.spawn(async move {
             let letters = "BCDFGHJKLMNPQRSTVWXZ";
@@ -362,15 +362,8 @@ async fn concurrent_guesses_on_two_instances_get_one_budget() {
                         .unwrap()
                 })
                 .collect();
-            let resp = http
-                .post(url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("action=lookup&user_code={code}"))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.text().await.unwrap())
+            let (status, _, text) = crate::common::enter_code(&http, &url, &code).await;
+            (status, text)
         });
     }
     let (mut looked_up, mut refused) = (0, 0);
@@ -385,12 +378,6 @@ async fn concurrent_guesses_on_two_instances_get_one_budget() {
     assert_eq!((looked_up, refused), (10, 290));
     // Another address has its own budget, on either instance.
     let other = crate::common::client_from("127.5.0.2");
-    let resp = other
-        .post(format!("{}/device", urls[1]))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("action=lookup&user_code=BCDFGHJK")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    let (status, _, _) = crate::common::enter_code(&other, &urls[1], "BCDFGHJK").await;
+    assert_eq!(status, 400);
 }
