@@ -29,43 +29,33 @@ pub enum Refused {
 /// The key of a client address: IPv6 clients are grouped by /64, the block one subscriber
 /// usually gets, so rotating addresses inside it does not reset the count.
 pub fn ip_key(ip: Option<IpAddr>) -> String {
-    match ip {
+    match ip.map(crate::net::canonical) {
         Some(IpAddr::V4(v4)) => v4.to_string(),
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-        None => "unknown".into(),
+        v6 => network_key(v6),
     }
 }
 
-/// Whether two addresses are on the same coarse network: the same IPv4 /24 or IPv6 /64 (an
-/// IPv4-mapped IPv6 address counts as IPv4). Used to warn on the consent page when a device
-/// asked from somewhere else than the browser approving it.
-pub fn same_network(a: IpAddr, b: IpAddr) -> bool {
-    let canon = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    match (canon(a), canon(b)) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => a.octets()[..3] == b.octets()[..3],
-        (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
-        _ => false,
+/// The coarse network of an address: its IPv4 /24 or IPv6 /64 (an IPv4-mapped IPv6 address
+/// counts as IPv4), as the block's first address.
+fn network(ip: IpAddr) -> IpAddr {
+    match crate::net::canonical(ip) {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
     }
+}
+
+/// Whether two addresses are on the same coarse network ([`network`]). Used to warn on the
+/// consent page when a device asked from somewhere else than the browser approving it.
+pub fn same_network(a: IpAddr, b: IpAddr) -> bool {
+    network(a) == network(b)
 }
 
 /// The network an address belongs to, for per-network shares: its IPv4 /24 or IPv6 /64.
 pub fn network_key(ip: Option<IpAddr>) -> String {
-    match ip.map(crate::net::canonical) {
-        Some(IpAddr::V4(v4)) => {
-            let o = v4.octets();
-            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
-        }
-        Some(IpAddr::V6(v6)) => {
-            let s = v6.segments();
+    match ip.map(network) {
+        Some(IpAddr::V4(net)) => format!("{net}/24"),
+        Some(IpAddr::V6(net)) => {
+            let s = net.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
         None => "unknown".into(),

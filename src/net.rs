@@ -87,6 +87,15 @@ fn mask128(prefix: u8) -> u128 {
     u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
 }
 
+/// The authority (`host[:port]`) of a URL, as a `Host` header names it.
+pub fn authority(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses as IPv4.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {

@@ -137,10 +137,7 @@ impl Oidc {
         if !same_origin(&up.issuer) && !same_origin(&self.config.public_url) {
             return (url.clone(), None);
         }
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_string(),
-        };
+        let authority = crate::net::authority(url);
         let mut target = url.clone();
         let scheme = if up.tls { "https" } else { "http" };
         let is_ip = matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)));

@@ -404,12 +404,16 @@ mod tests {
     use crate::device::memory::MemoryStore;
 
     fn service(max: u64) -> DeviceService {
+        service_with(600, 5, max)
+    }
+
+    fn service_with(expires_in: u64, interval: u64, max: u64) -> DeviceService {
         let store = Arc::new(MemoryStore::new(Duration::from_secs(900), max));
         DeviceService::new(
             store,
             Timing {
-                expires_in: 600,
-                interval: 5,
+                expires_in,
+                interval,
             },
             max,
         )
@@ -581,14 +585,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_grant_lives_at_least_the_lifetime_it_advertised() {
-        let svc = DeviceService::new(
-            Arc::new(MemoryStore::new(Duration::from_secs(900), 10)),
-            Timing {
-                expires_in: 3,
-                interval: 1,
-            },
-            10,
-        );
+        let svc = service_with(3, 1, 10);
         // Issued at 100.9 s: 2.9 s later (103.8 s) the device must still be waiting. Counted from
         // the creation second cut to 100, it used to expire at 103.0, 2.1 s after issue.
         let issued = svc
@@ -614,14 +611,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_polls_moments_apart_are_too_fast_even_across_a_second_boundary() {
-        let svc = DeviceService::new(
-            Arc::new(MemoryStore::new(Duration::from_secs(900), 10)),
-            Timing {
-                expires_in: 600,
-                interval: 1,
-            },
-            10,
-        );
+        let svc = service_with(600, 1, 10);
         let issued = svc
             .authorize("tv", vec![], Requester::default(), Time::from_secs(100))
             .await

@@ -55,6 +55,7 @@ use crate::device::service::{DeviceService, Timing, EXPIRED_GRACE_SECS};
 use crate::device::{memory::MemoryStore, redis::RedisStore, Store};
 use crate::limits::{ip_key, Limits};
 use crate::metrics::{MeteredStore, Metrics};
+use crate::net::authority;
 use crate::oidc::{Discovery, Oidc};
 use crate::pages::{self, Catalog, Message, Pages};
 use browser::Browsers;
@@ -155,20 +156,14 @@ impl Gateway {
         }
         let secure = config.public_url.scheme() == "https";
         let own_origin = config.own_origin().then(|| {
-            let issuer = &config.upstream.issuer;
-            let authority = match issuer.port() {
-                Some(p) => format!("{}:{p}", issuer.host_str().unwrap_or_default()),
-                None => issuer.host_str().unwrap_or_default().to_string(),
-            };
-            (config.public_url.origin().ascii_serialization(), authority)
+            (
+                config.public_url.origin().ascii_serialization(),
+                authority(&config.upstream.issuer),
+            )
         });
-        let public_authority = match config.public_url.port() {
-            Some(p) => format!("{}:{p}", config.public_url.host_str().unwrap_or_default()),
-            None => config.public_url.host_str().unwrap_or_default().to_string(),
-        };
         let forwarded_host = own_origin
             .as_ref()
-            .map_or(public_authority, |(_, idp)| idp.clone());
+            .map_or_else(|| authority(&config.public_url), |(_, idp)| idp.clone());
         let forwarded_host = HeaderValue::try_from(forwarded_host)
             .map_err(|e| format!("public_url's host as a header: {e}"))?;
         Ok(Self {

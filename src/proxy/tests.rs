@@ -64,6 +64,16 @@ fn text(reply: &Reply) -> String {
     String::from_utf8_lossy(&reply.body).into_owned()
 }
 
+/// The CSRF token of the form on a page ("" without one).
+fn csrf_of(reply: &Reply) -> String {
+    text(reply)
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn audits(reply: &Reply) -> Vec<&Audit> {
     reply
         .facts
@@ -172,13 +182,7 @@ impl Harness {
                 &format!("user_code={user_code}"),
             )
             .await;
-        let html = text(&r);
-        let csrf = html
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or_default()
-            .to_string();
+        let csrf = csrf_of(&r);
         (r, csrf)
     }
 
@@ -1088,12 +1092,8 @@ async fn while_guessers_hold_the_global_budget_a_signed_in_user_still_enters_the
     let r = lookup(cookie.clone()).await;
     assert_eq!(r.status, 429, "{}", text(&r));
     assert!(text(&r).contains("Sign in to continue"), "{}", text(&r));
-    let csrf = text(&r)
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|v| v.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = csrf_of(&r);
+    assert!(!csrf.is_empty(), "no sign-in form: {}", text(&r));
     // A forged signed-in cookie changes nothing.
     let forged = format!("{cookie}; devicegate-user=9999999999.Y2Fyb2w.AAAA");
     assert_eq!(lookup(forged).await.status, 429);
