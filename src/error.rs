@@ -25,6 +25,10 @@ pub enum OAuthError {
     /// to another client.
     #[error("invalid_grant: {0}")]
     InvalidGrant(String),
+    /// RFC 6749 §5.2 `unauthorized_client`: the client may not use this grant from here (a
+    /// per-client policy such as `device_networks` refused the request). HTTP 400.
+    #[error("unauthorized_client: {0}")]
+    UnauthorizedClient(String),
     /// RFC 6749 §3.3 / §5.2 `invalid_scope`: a requested scope is not allowed for the client.
     #[error("invalid_scope: {0}")]
     InvalidScope(String),
@@ -70,6 +74,7 @@ impl OAuthError {
             Self::InvalidClient(_) => "invalid_client",
             Self::InvalidGrant(_) => "invalid_grant",
             Self::InvalidScope(_) => "invalid_scope",
+            Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::AuthorizationPending => "authorization_pending",
             Self::SlowDown { .. } => "slow_down",
             Self::AccessDenied(_) => "access_denied",
@@ -100,6 +105,7 @@ impl OAuthError {
             | Self::InvalidClient(d)
             | Self::InvalidGrant(d)
             | Self::InvalidScope(d)
+            | Self::UnauthorizedClient(d)
             | Self::AccessDenied(d)
             | Self::TemporarilyUnavailable(d)
             | Self::ServerError(d)

@@ -191,6 +191,30 @@ impl Limits {
         }
     }
 
+    /// A grant of `client_id` is about to be opened, to live until `expires_at`: one of the
+    /// client's `max` slots (`clients[].max_pending`), held by `member` until then. Give it back
+    /// with [`Self::client_grant_not_opened`] when the grant was not stored.
+    pub async fn open_client_grant(
+        &self,
+        client_id: &str,
+        member: &str,
+        max: u64,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<(), Refused> {
+        let key = format!("pending:client:{client_id}");
+        match self.store.admit(&key, member, max, expires_at, now).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(secs)) => Err(Refused::Limited(secs)),
+            Err(e) => Err(Refused::Unavailable(e)),
+        }
+    }
+
+    pub async fn client_grant_not_opened(&self, client_id: &str, member: &str) {
+        let key = format!("pending:client:{client_id}");
+        let _ = self.store.release(&key, member).await;
+    }
+
     /// One device-code poll from `ip` (before authentication, as above).
     pub async fn poll_from(&self, ip: &str, now: u64) -> Result<(), Refused> {
         let max = self.c.polls_per_ip_per_minute;

@@ -64,6 +64,14 @@ fn main() -> ExitCode {
              ({} wrong codes a minute × {} pending grants ÷ 20^8)",
             config.limits.code_failures_global_per_minute, config.store.max_pending
         );
+        for client in config.clients.values() {
+            let state = if client.enabled { "" } else { " (disabled)" };
+            println!(
+                "client {}{state}:\n{}",
+                client.client_id,
+                client.policy.describe()
+            );
+        }
     }
     if bound > 1e-3 {
         eprintln!(

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub verifications: IntCounterVec,
     /// Requests refused by a limit, by limit (`code_failures`, `device`, `poll`).
     pub rate_limited: IntCounterVec,
+    /// Requests and approvals a client's policy refused, by client and rule
+    /// (`device_networks`, `approver_networks`, `proximity`, `require_claims`, `acr_values`,
+    /// `max_age`, `max_pending`).
+    pub policy_refusals: IntCounterVec,
+    /// Grants a user denied as "I did not start this", by client.
+    pub reported: IntCounterVec,
     /// Back-channel calls to the IdP by operation (`discovery`, `token`, `jwks`) and result.
     pub upstream_seconds: HistogramVec,
     /// Grant store operations by operation and result.
@@ -81,6 +87,18 @@ impl Metrics {
                 "rate_limited_total",
                 "Requests refused by a limit",
                 &["limit"],
+            )?,
+            policy_refusals: counter(
+                &r,
+                "policy_refusals_total",
+                "Requests and approvals refused by a client's policy",
+                &["client_id", "rule"],
+            )?,
+            reported: counter(
+                &r,
+                "reported_total",
+                "Grants denied as not started by the user (possible phishing)",
+                &["client_id"],
             )?,
             upstream_seconds: histogram(
                 &r,
@@ -178,6 +196,22 @@ impl Store for MeteredStore {
 
     async fn refund(&self, key: &str) -> std::result::Result<(), StoreError> {
         self.timed("refund", self.inner.refund(key)).await
+    }
+
+    async fn admit(
+        &self,
+        key: &str,
+        member: &str,
+        max: u64,
+        expires_at: u64,
+        now: u64,
+    ) -> std::result::Result<std::result::Result<(), u64>, StoreError> {
+        self.timed("admit", self.inner.admit(key, member, max, expires_at, now))
+            .await
+    }
+
+    async fn release(&self, key: &str, member: &str) -> std::result::Result<(), StoreError> {
+        self.timed("release", self.inner.release(key, member)).await
     }
 }
 

@@ -73,6 +73,22 @@ impl Cidr {
     }
 }
 
+/// Whether two addresses share their first `v4_bits` (IPv4) or `v6_bits` (IPv6) bits; an
+/// IPv4-mapped IPv6 address counts as IPv4, and addresses of two families never do.
+pub fn same_prefix(a: IpAddr, b: IpAddr, v4_bits: u8, v6_bits: u8) -> bool {
+    match (canonical(a), canonical(b)) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let m = mask32(v4_bits.min(32));
+            u32::from(a) & m == u32::from(b) & m
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let m = mask128(v6_bits.min(128));
+            u128::from(a) & m == u128::from(b) & m
+        }
+        _ => false,
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)

@@ -58,6 +58,8 @@ pub struct Discovery {
     pub authorization_endpoint: Url,
     pub token_endpoint: Url,
     pub jwks_uri: Url,
+    /// Where claims the ID token lacks can be read with the access token (OIDC Core §5.3).
+    pub userinfo_endpoint: Option<Url>,
     /// Whether the IdP lists `client_secret_basic` (else secrets go in the form body).
     pub basic_auth: bool,
     fetched: Instant,
@@ -93,6 +95,8 @@ pub struct LoginResult {
     pub tokens: TokenSet,
     /// `sub` of the ID token.
     pub subject: String,
+    /// Every claim of the validated ID token.
+    pub claims: Map<String, Value>,
 }
 
 impl Oidc {
@@ -340,6 +344,7 @@ impl Oidc {
             authorization_endpoint: endpoint("authorization_endpoint")?,
             token_endpoint: endpoint("token_endpoint")?,
             jwks_uri: endpoint("jwks_uri")?,
+            userinfo_endpoint: endpoint("userinfo_endpoint").ok(),
             basic_auth,
             fetched: Instant::now(),
         });
@@ -361,8 +366,15 @@ impl Oidc {
         let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
             pkce_verifier.to_string(),
         ));
+        let policy = &client.policy;
         let mut scope: Vec<&str> = vec!["openid"];
-        scope.extend(scopes.iter().map(String::as_str).filter(|s| *s != "openid"));
+        // Without refresh tokens (RFC 10027 short-lived tokens), never ask for one.
+        scope.extend(
+            scopes
+                .iter()
+                .map(String::as_str)
+                .filter(|s| *s != "openid" && (policy.refresh_tokens || *s != "offline_access")),
+        );
         let mut url = disc.authorization_endpoint.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -374,8 +386,14 @@ impl Oidc {
                 .append_pair("nonce", nonce)
                 .append_pair("code_challenge", challenge.as_str())
                 .append_pair("code_challenge_method", "S256");
-            if scopes.iter().any(|s| s == "offline_access") {
+            if scope.contains(&"offline_access") {
                 q.append_pair("prompt", "consent");
+            }
+            if !policy.acr_values.is_empty() {
+                q.append_pair("acr_values", &policy.acr_values.join(" "));
+            }
+            if let Some(max_age) = policy.max_age {
+                q.append_pair("max_age", &max_age.to_string());
             }
         }
         url
@@ -474,11 +492,58 @@ impl Oidc {
             .get("id_token")
             .and_then(Value::as_str)
             .ok_or_else(|| UpstreamError::Invalid("token response lacks id_token".into()))?;
-        let subject = self.verify_id_token(client, id_token, nonce, now).await?;
+        let (subject, claims) = self.verify_id_token(client, id_token, nonce, now).await?;
         Ok(LoginResult {
             tokens: json,
             subject,
+            claims,
         })
+    }
+
+    /// The user's claims from the userinfo endpoint (OIDC Core §5.3), for claims a policy
+    /// requires that the ID token lacks. Its `sub` must be the ID token's (§5.3.2).
+    pub async fn userinfo(
+        &self,
+        access_token: &str,
+        subject: &str,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let disc = self.discovery().await?;
+        let url = disc
+            .userinfo_endpoint
+            .clone()
+            .ok_or_else(|| UpstreamError::Invalid("discovery names no userinfo_endpoint".into()))?;
+        let (target, host) = self.route(&url);
+        let mut req = self.http.get(target.as_str()).bearer_auth(access_token);
+        if let Some(h) = host {
+            req = req.header(http::header::HOST, h);
+        }
+        let resp = self
+            .send(
+                "userinfo",
+                req.header(http::header::ACCEPT, "application/json"),
+            )
+            .await?;
+        if resp.status >= 500 {
+            return Err(UpstreamError::Unreachable(format!(
+                "userinfo answered HTTP {}",
+                resp.status
+            )));
+        }
+        if resp.status != 200 {
+            return Err(UpstreamError::Invalid(format!(
+                "userinfo answered HTTP {}",
+                resp.status
+            )));
+        }
+        // A signed (JWT) userinfo response is not read: its claims count as absent.
+        let claims: Map<String, Value> = serde_json::from_slice(&resp.body)
+            .map_err(|_| UpstreamError::Invalid("userinfo is not a JSON object".into()))?;
+        if claims.get("sub").and_then(Value::as_str) != Some(subject) {
+            return Err(UpstreamError::Invalid(
+                "userinfo names another subject than the ID token".into(),
+            ));
+        }
+        Ok(claims)
     }
 
     async fn keys(&self, force: bool) -> Result<Arc<CoreJsonWebKeySet>, UpstreamError> {
@@ -512,7 +577,7 @@ impl Oidc {
         id_token: &str,
         nonce: &str,
         now: u64,
-    ) -> Result<String, UpstreamError> {
+    ) -> Result<(String, Map<String, Value>), UpstreamError> {
         let issuer = self.config.upstream.issuer_id.as_str();
         let mut result = Err(IdTokenError::Malformed(String::new()));
         for force in [false, true] {
@@ -539,7 +604,8 @@ pub enum IdTokenError {
 }
 
 /// Checks an ID token (OIDC Core §3.1.3.7): signature by a key of `keys` with an asymmetric
-/// algorithm, `iss`, `aud` (and `azp`), `exp` against `now`, and `nonce`. Returns `sub`.
+/// algorithm, `iss`, `aud` (and `azp`), `exp` against `now`, and `nonce`. Returns `sub` and
+/// every claim of the token (read from the payload whose signature was just verified).
 pub fn check_id_token(
     client: &Client,
     issuer: &str,
@@ -547,7 +613,7 @@ pub fn check_id_token(
     id_token: &str,
     nonce: &str,
     now: u64,
-) -> Result<String, IdTokenError> {
+) -> Result<(String, Map<String, Value>), IdTokenError> {
     let token: CoreIdToken = id_token
         .parse()
         .map_err(|e: serde_json::Error| IdTokenError::Malformed(e.to_string()))?;
@@ -577,12 +643,28 @@ pub fn check_id_token(
     ])
     .set_time_fn(move || chrono::DateTime::from_timestamp(now as i64, 0).unwrap_or_default());
     match token.claims(&verifier, &Nonce::new(nonce.to_string())) {
-        Ok(claims) => Ok(claims.subject().to_string()),
+        Ok(claims) => {
+            let subject = claims.subject().to_string();
+            Ok((subject, payload(id_token)?))
+        }
         Err(openidconnect::ClaimsVerificationError::SignatureVerification(e)) => {
             Err(IdTokenError::Signature(e.to_string()))
         }
         Err(e) => Err(IdTokenError::Claims(e.to_string())),
     }
+}
+
+/// The claims of a JWS compact token's payload.
+fn payload(jwt: &str) -> Result<Map<String, Value>, IdTokenError> {
+    use base64::Engine as _;
+    let part = jwt
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| IdTokenError::Malformed("no payload".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|e| IdTokenError::Malformed(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| IdTokenError::Malformed(e.to_string()))
 }
 
 /// The ID token signature algorithms devicegate verifies (those `openidconnect` implements;
@@ -662,6 +744,7 @@ mod tests {
             description: None,
             logo_url: None,
             verification_url: false,
+            policy: Default::default(),
         }
     }
 
@@ -680,7 +763,12 @@ mod tests {
             check_id_token(&client(), ISSUER, &keys, jwt, nonce, now)
         };
 
-        assert_eq!(check(&sign(&key, good), "n1", NOW).unwrap(), "alice");
+        let (sub, claims) = check(&sign(&key, good), "n1", NOW).unwrap();
+        assert_eq!(sub, "alice");
+        // The token's own claims, for policies (require_claims, acr_values, max_age).
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["nonce"], "n1");
+        assert_eq!(claims["exp"], NOW + 300);
 
         let bad = [
             ("wrong nonce", sign(&key, Token { ..good }), "n2", NOW),

@@ -238,25 +238,25 @@ mod tests {
         )
         .unwrap();
         std::fs::write(
-            dir.path().join("locales/es.yaml"),
+            dir.path().join("locales/sv.yaml"),
             "enter_button: Continuar\n",
         )
         .unwrap();
         let yaml = format!(
-            "{GOOD}ui:\n  templates_dir: {}\n  default_language: es\n",
+            "{GOOD}ui:\n  templates_dir: {}\n  default_language: sv\n",
             dir.path().display()
         );
         let Prepared { pages, .. } = prepare_yaml(&yaml, &|_| None).unwrap();
         let html = pages.message(
             pages.language(Some("en")),
-            crate::pages::Message::Denied,
+            crate::pages::Message::Reported,
             "/d",
         );
         assert!(
-            html.contains("<h1>Request denied</h1><p>Call the help desk</p>"),
+            html.contains("<h1>Denied and reported</h1><p>Call the help desk</p>"),
             "{html}"
         );
-        assert_eq!(pages.language(None).lang, "es");
+        assert_eq!(pages.language(None).lang, "sv");
 
         std::fs::write(dir.path().join("consent.html"), "{% for %}").unwrap();
         std::fs::write(dir.path().join("locales/de.yaml"), "enter_buton: Los\n").unwrap();
@@ -278,7 +278,7 @@ mod tests {
         let errs = errors(&format!("{GOOD}ui:\n  default_language: xx\n"));
         assert!(
             errs.iter()
-                .any(|e| e.starts_with("ui.default_language") && e.contains("en, fr")),
+                .any(|e| e.starts_with("ui.default_language") && e.contains("en, es")),
             "{errs:?}"
         );
     }

@@ -15,10 +15,12 @@ use serde_norway::Value;
 
 mod env;
 mod file;
+mod policy;
 mod runtime;
 mod ui;
 mod validate;
 
+pub use policy::{ClaimValue, Policy, Proximity, AUTH_TIME_SKEW_SECS};
 pub use runtime::*;
 pub use ui::{contrast, Colors, ScopeText, Ui};
 
@@ -67,6 +69,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "clients",
     "server",
     "ui",
+    "policy",
 ];
 
 impl Config {
@@ -153,7 +156,19 @@ impl Config {
                 );
             }
         }
-        let clients = validate_clients(&mut errs, get("clients"), public_url.as_ref());
+        let policy = section_or_default::<policy::FilePolicy>(&mut errs, "policy", get("policy"))
+            .map(|f| {
+                let max = store.as_ref().map(|s| s.max_pending);
+                policy::validate_policy(&mut errs, "policy", f, &Policy::default(), max)
+            })
+            .unwrap_or_default();
+        let clients = validate_clients(
+            &mut errs,
+            get("clients"),
+            public_url.as_ref(),
+            &policy,
+            store.as_ref().map(|s| s.max_pending),
+        );
         let ui = section_or_default::<ui::FileUi>(&mut errs, "ui", get("ui"))
             .map(|f| ui::validate_ui(&mut errs, f, public_url.as_ref()));
         if let (Some(l), Some(Some(a))) = (listen, admin_listen) {
@@ -190,6 +205,7 @@ impl Config {
                 store,
                 limits,
                 clients,
+                policy,
                 server,
             }),
             _ => Err(ConfigErrors(errs.0)),

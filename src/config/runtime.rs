@@ -205,6 +205,8 @@ pub struct Client {
     pub logo_url: Option<String>,
     /// Also send `verification_url` (Google's name) in device authorization responses.
     pub verification_url: bool,
+    /// The phishing defences of this client: its own keys over `policy:`.
+    pub policy: super::Policy,
 }
 
 /// Process settings handed to Pingora.
@@ -237,6 +239,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub log: Log,
     pub clients: BTreeMap<String, Client>,
+    /// The deployment-wide policy defaults (`policy:`); each client's effective policy is
+    /// [`Client::policy`].
+    pub policy: super::Policy,
     pub server: Server,
     pub ui: Ui,
 }

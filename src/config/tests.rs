@@ -293,3 +293,108 @@ fn shipped_configs_validate() {
     }
     assert!(n >= 1, "no config files found in {}", dir.display());
 }
+
+#[test]
+fn policies_default_per_deployment_and_are_replaced_per_client() {
+    let yaml = format!(
+        "{GOOD}  - client_id: kiosk\n    proximity: require\n    device_networks: [10.0.0.0/8]\n    require_claims:\n      groups: [lobby]\n      email_verified: [true]\n    refresh_tokens: false\n    max_pending: 5\npolicy:\n  proximity: off\n  approver_networks: [192.0.2.0/24]\n  acr_values: [urn:mfa]\n  max_age: 300\n  verification_uri_complete: false\n"
+    );
+    let c = Config::from_yaml(&yaml, &env).unwrap();
+    let tv = &c.clients["tv-app"].policy;
+    // The deployment's defaults, and the built-in ones for what it does not say.
+    assert_eq!(tv.proximity, Proximity::Off);
+    assert_eq!(
+        tv.approver_networks.as_ref().unwrap()[0].to_string(),
+        "192.0.2.0/24"
+    );
+    assert_eq!(tv.acr_values, ["urn:mfa"]);
+    assert_eq!(tv.max_age, Some(300));
+    assert!(!tv.verification_uri_complete && tv.refresh_tokens);
+    assert_eq!(
+        (tv.proximity_ipv4_prefix, tv.proximity_ipv6_prefix),
+        (24, 64)
+    );
+    assert!(tv.device_networks.is_none() && tv.max_pending.is_none());
+    // The client's own keys replace them; the rest still comes from `policy:`.
+    let kiosk = &c.clients["kiosk"].policy;
+    assert_eq!(kiosk.proximity, Proximity::Require);
+    assert_eq!(kiosk.max_pending, Some(5));
+    assert!(!kiosk.refresh_tokens);
+    assert_eq!(
+        kiosk.require_claims["email_verified"],
+        [ClaimValue::Bool(true)]
+    );
+    assert_eq!(kiosk.acr_values, ["urn:mfa"]);
+    assert!(kiosk
+        .describe()
+        .contains("require_claims: groups one of [\"lobby\"]"));
+    assert!(kiosk.describe().contains("device_networks: 10.0.0.0/8"));
+    // No policy anywhere: today's behaviour (warn, everything allowed).
+    let plain = Config::from_yaml(GOOD, &env).unwrap();
+    assert_eq!(plain.clients["tv-app"].policy, Policy::default());
+    assert_eq!(Policy::default().proximity, Proximity::Warn);
+}
+
+#[test]
+fn every_policy_mistake_names_its_key() {
+    let yaml = format!(
+        "{GOOD}    device_networks: [10.0.0.1/8, nonsense]\n    approver_networks: []\n    proximity: nearby\n    proximity_ipv4_prefix: 40\n    require_claims:\n      groups: []\n      level: [3]\n      nested: {{a: b}}\n    acr_values: []\n    max_pending: 5000\n    max_age: 99999999999\npolicy:\n  proximity: sometimes\n  max_pending: 0\n"
+    );
+    let errs = errors(&yaml);
+    for (key, words) in [
+        ("clients[0].device_networks[0]", "bits set past"),
+        ("clients[0].device_networks[1]", "not an IP address"),
+        ("clients[0].approver_networks", "empty"),
+        ("clients[0].proximity", "off, warn or require"),
+        ("clients[0].proximity_ipv4_prefix", "between 8 and 32"),
+        ("clients[0].require_claims.groups", "no values"),
+        ("clients[0].require_claims.level[0]", "quote it"),
+        ("clients[0].require_claims.nested", "accepted values"),
+        ("clients[0].acr_values", "at least one"),
+        ("clients[0].max_pending", "store.max_pending"),
+        ("clients[0].max_age", "at most"),
+        ("policy.proximity", "off, warn or require"),
+        ("policy.max_pending", "at least 1"),
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{key}:")) && e.contains(words)),
+            "{key} ({words}) in {errs:?}"
+        );
+    }
+    // An unknown policy key is named like any other.
+    let errs = errors(&format!("{GOOD}policy:\n  refresh_token: false\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("policy:") && e.contains("refresh_token")),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("{GOOD}    proximty: warn\n"));
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("clients[0]:") && e.contains("proximty")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn education_and_report_texts_are_checked_per_language() {
+    let yaml = format!(
+        "{GOOD}ui:\n  education: {{en: Never share codes, DE: x}}\n  report_text: \"\"\n  report_url: javascript:alert(1)\n"
+    );
+    let errs = errors(&yaml);
+    for key in ["ui.education.DE", "ui.report_text", "ui.report_url"] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!("{key}:"))),
+            "{key} in {errs:?}"
+        );
+    }
+    let ok = format!(
+        "{GOOD}ui:\n  education: {{en: Never share codes, de: Nie teilen}}\n  report_url: {{en: \"https://sec.example/report\", de: \"mailto:sec@example.test\"}}\n"
+    );
+    let c = Config::from_yaml(&ok, &env).unwrap();
+    assert_eq!(
+        c.ui.education.as_ref().unwrap().for_language("de"),
+        Some("Nie teilen")
+    );
+}

@@ -21,6 +21,9 @@ pub(super) struct FileUi {
     default_language: Option<String>,
     templates_dir: Option<String>,
     scopes: BTreeMap<String, ScopeText>,
+    education: Option<ScopeText>,
+    report_text: Option<ScopeText>,
+    report_url: Option<ScopeText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +85,13 @@ pub struct Ui {
     pub templates: Vec<(String, String)>,
     /// `locales/<lang>.yaml` files read from `templates_dir`: language → key → text.
     pub locales: BTreeMap<String, BTreeMap<String, String>>,
+    /// The user-education line of the code-entry and consent pages (RFC 10027), replacing the
+    /// built-in one: for every language, or per language.
+    pub education: Option<ScopeText>,
+    /// What to do next, on the page after "Deny — I did not start this".
+    pub report_text: Option<ScopeText>,
+    /// Where that page links to report the attempt (a security team's form).
+    pub report_url: Option<ScopeText>,
 }
 
 /// Largest template or locale file read from `templates_dir`.
@@ -123,6 +133,33 @@ pub(super) fn validate_ui(errs: &mut Errors, f: FileUi, public_url: Option<&url:
             );
         }
     }
+    for (key, text) in [
+        ("ui.education", &f.education),
+        ("ui.report_text", &f.report_text),
+    ] {
+        if let Some(text) = text {
+            check_localized(errs, key, text, |t| {
+                (!t.trim().is_empty() && t.chars().count() <= 300)
+                    .then_some(())
+                    .ok_or_else(|| "must be 1 to 300 characters".to_string())
+            });
+        }
+    }
+    if let Some(url) = &f.report_url {
+        check_localized(errs, "ui.report_url", url, |u| {
+            let path = u.starts_with('/') && !u.starts_with("//") && !u.contains(['"', ' ']);
+            let https = url::Url::parse(u).is_ok_and(|u| {
+                matches!(u.scheme(), "https" | "mailto")
+                    || (u.scheme() == "http" && public_url.is_some_and(|p| p.scheme() == "http"))
+            });
+            (path || https).then_some(()).ok_or_else(|| {
+                format!("'{u}' must be an https:// or mailto: URL, or a path on this origin")
+            })
+        });
+    }
+    ui.education = f.education;
+    ui.report_text = f.report_text;
+    ui.report_url = f.report_url;
     if let Some(dir) = f.templates_dir {
         let dir = PathBuf::from(dir);
         read_templates_dir(errs, &dir, &mut ui);
@@ -134,6 +171,51 @@ pub(super) fn validate_ui(errs: &mut Errors, f: FileUi, public_url: Option<&url:
 /// A logo: an https URL (http only when `public_url` is http, for local testing), an absolute
 /// path on the gateway's origin (served by the IdP through the gateway), or a `data:image/…`
 /// URL (images cannot run scripts, and the pages' CSP allows `data:` images).
+/// Checks a text given for every language or per language code.
+fn check_localized(
+    errs: &mut Errors,
+    key: &str,
+    text: &ScopeText,
+    check: impl Fn(&str) -> Result<(), String>,
+) {
+    match text {
+        ScopeText::All(t) => {
+            if let Err(e) = check(t) {
+                errs.push(key, e);
+            }
+        }
+        ScopeText::PerLanguage(m) => {
+            if m.is_empty() {
+                errs.push(
+                    key,
+                    "names no language: give a text, or one per language code",
+                );
+            }
+            for (lang, t) in m {
+                let k = format!("{key}.{lang}");
+                if !is_language(lang) {
+                    errs.push(
+                        &k,
+                        "is not a language code (two or three lowercase letters, e.g. de)",
+                    );
+                } else if let Err(e) = check(t) {
+                    errs.push(&k, e);
+                }
+            }
+        }
+    }
+}
+
+impl ScopeText {
+    /// The text for `lang`: the one for every language, or `lang`'s own.
+    pub fn for_language(&self, lang: &str) -> Option<&str> {
+        match self {
+            Self::All(t) => Some(t),
+            Self::PerLanguage(m) => m.get(lang).map(String::as_str),
+        }
+    }
+}
+
 pub(super) fn check_image_url(
     errs: &mut Errors,
     key: &str,

@@ -394,6 +394,8 @@ pub(super) fn validate_clients(
     errs: &mut Errors,
     v: Option<Value>,
     public_url: Option<&Url>,
+    base: &super::Policy,
+    max_pending: Option<u64>,
 ) -> BTreeMap<String, Client> {
     let mut out = BTreeMap::new();
     let list = match v {
@@ -407,9 +409,15 @@ pub(super) fn validate_clients(
             return out;
         }
     };
-    for (i, item) in list.into_iter().enumerate() {
+    for (i, mut item) in list.into_iter().enumerate() {
         let key = format!("clients[{i}]");
+        let policy_keys = super::policy::split_policy(&mut item);
+        let policy = deserialize::<super::policy::FilePolicy>(errs, &key, policy_keys)
+            .map(|f| super::policy::validate_policy(errs, &key, f, base, max_pending));
         let Some(c) = deserialize::<FileClient>(errs, &key, item) else {
+            continue;
+        };
+        let Some(policy) = policy else {
             continue;
         };
         let id_ok = !c.client_id.is_empty()
@@ -472,6 +480,7 @@ pub(super) fn validate_clients(
                 description: c.description,
                 logo_url,
                 verification_url: c.verification_url,
+                policy,
             },
         );
     }

@@ -102,6 +102,8 @@ pub struct MemoryStore {
     /// Limit counters: spent events per key and window. Bounded: a flood of distinct keys
     /// evicts old counters instead of growing memory.
     counters: moka::sync::Cache<String, Arc<Mutex<Window>>>,
+    /// Slot sets ([`Store::admit`]): member → until when it holds its slot.
+    slots: moka::sync::Cache<String, Arc<Mutex<HashMap<String, u64>>>>,
 }
 
 /// One limit window: opened at the first event.
@@ -142,6 +144,11 @@ impl MemoryStore {
                 .max_capacity(MAX_COUNTERS)
                 // No window is longer than a day (limits.code_failures_window_seconds).
                 .time_to_live(Duration::from_secs(86_400 + 60))
+                .build(),
+            // A set unused for longer than any grant lives (a day) holds only expired slots.
+            slots: moka::sync::Cache::builder()
+                .max_capacity(MAX_COUNTERS)
+                .time_to_idle(Duration::from_secs(86_400 + 60))
                 .build(),
             grants,
             by_user_code,
@@ -273,6 +280,37 @@ impl Store for MemoryStore {
         if let Some(counter) = self.counters.get(key) {
             let mut w = counter.lock().unwrap_or_else(PoisonError::into_inner);
             w.count = w.count.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    async fn admit(
+        &self,
+        key: &str,
+        member: &str,
+        max: u64,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let slots = self
+            .slots
+            .get_with(key.to_string(), || Arc::new(Mutex::new(HashMap::new())));
+        let mut s = slots.lock().unwrap_or_else(PoisonError::into_inner);
+        s.retain(|_, until| *until > now);
+        if s.len() as u64 >= max && !s.contains_key(member) {
+            let first = s.values().min().copied().unwrap_or(now + 1);
+            return Ok(Err(first.saturating_sub(now).max(1)));
+        }
+        s.insert(member.to_string(), expires_at);
+        Ok(Ok(()))
+    }
+
+    async fn release(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        if let Some(slots) = self.slots.get(key) {
+            slots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(member);
         }
         Ok(())
     }

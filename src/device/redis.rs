@@ -108,9 +108,28 @@ if n > 0 then redis.call('DECR', KEYS[1]) end
 return 1
 ";
 
+/// KEYS: a slot set (sorted set: member → until when). ARGV: member, max, expires_at, now.
+/// Returns 0 when the member holds a slot, else the seconds until the first slot frees.
+const ADMIT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    local wait = tonumber(first[2]) - tonumber(ARGV[4])
+    if wait < 1 then wait = 1 end
+    return wait
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+local ttl = tonumber(ARGV[3]) - tonumber(ARGV[4]) + 60
+if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
+return 0
+";
+
 struct Scripts {
     spend: Script,
     refund: Script,
+    admit: Script,
     insert: Script,
     get_by_index: Script,
     compare_and_set: Script,
@@ -177,6 +196,7 @@ impl RedisStore {
             scripts: Scripts {
                 spend: Script::new(SPEND),
                 refund: Script::new(REFUND),
+                admit: Script::new(ADMIT),
                 insert: Script::new(INSERT),
                 get_by_index: Script::new(GET_BY_INDEX),
                 compare_and_set: Script::new(COMPARE_AND_SET),
@@ -419,6 +439,46 @@ impl Store for RedisStore {
                 .refund
                 .key(self.key("limit:", key))
                 .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn admit(
+        &self,
+        key: &str,
+        member: &str,
+        max: u64,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Result<(), u64>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let wait: u64 = self
+                .scripts
+                .admit
+                .key(self.key("slots:", key))
+                .arg(member)
+                .arg(max)
+                .arg(expires_at)
+                .arg(now)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(if wait == 0 { Ok(()) } else { Err(wait) })
+        })
+        .await
+    }
+
+    async fn release(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let _: i64 = redis::cmd("ZREM")
+                .arg(self.key("slots:", key))
+                .arg(member)
+                .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
             Ok(())

@@ -75,6 +75,22 @@ pub trait Store: Send + Sync {
 
     /// Gives back one event spent in `key`'s current window (an attempt that turned out right).
     async fn refund(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Takes one of the `max` slots of `key` for `member` until `expires_at` (seconds): a slot
+    /// is free again once its time has passed by `now`, or when released. Atomic across
+    /// instances: of any number of concurrent calls, at most `max` hold a slot at once.
+    /// `Ok(Err(secs))`: every slot is taken, the first frees in `secs` seconds.
+    async fn admit(
+        &self,
+        key: &str,
+        member: &str,
+        max: u64,
+        expires_at: u64,
+        now: u64,
+    ) -> Result<Result<(), u64>, StoreError>;
+
+    /// Frees `member`'s slot of `key`, if it holds one.
+    async fn release(&self, key: &str, member: &str) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]
@@ -254,5 +270,67 @@ pub(crate) mod conformance {
             assert_eq!(store.spend("fresh", 2, 60, now()).await.unwrap(), Ok(()));
         }
         assert!(store.spend("fresh", 2, 60, now()).await.unwrap().is_err());
+
+        // Slots: at most `max` held at once however many ask together; a slot frees when its
+        // time passes or when released; keys are independent.
+        let t = now();
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .admit("client:tv", &format!("g{i}"), 5, t + 30 + i, t)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut held = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await.unwrap() {
+                Ok(()) => held.push(i),
+                Err(secs) => assert!((1..=70).contains(&secs), "{secs}"),
+            }
+        }
+        assert_eq!(held.len(), 5, "concurrent admissions beyond the slots");
+        assert!(store
+            .admit("client:tv", "late", 5, t + 60, t)
+            .await
+            .unwrap()
+            .is_err());
+        assert_eq!(
+            store
+                .admit("client:tv2", "other", 5, t + 60, t)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        store
+            .release("client:tv", &format!("g{}", held[0]))
+            .await
+            .unwrap();
+        store.release("client:tv", "never-admitted").await.unwrap();
+        assert_eq!(
+            store
+                .admit("client:tv", "late", 5, t + 60, t)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        assert!(store
+            .admit("client:tv", "later", 5, t + 60, t)
+            .await
+            .unwrap()
+            .is_err());
+        // Past every slot's time, all are free again.
+        for i in 0..5 {
+            let m = format!("after{i}");
+            assert_eq!(
+                store
+                    .admit("client:tv", &m, 5, t + 200, t + 100)
+                    .await
+                    .unwrap(),
+                Ok(())
+            );
+        }
     }
 }

@@ -11,6 +11,14 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("en", include_str!("locales/en.yaml")),
     ("de", include_str!("locales/de.yaml")),
     ("fr", include_str!("locales/fr.yaml")),
+    ("es", include_str!("locales/es.yaml")),
+    ("it", include_str!("locales/it.yaml")),
+    ("nl", include_str!("locales/nl.yaml")),
+    ("pt", include_str!("locales/pt.yaml")),
+    ("pl", include_str!("locales/pl.yaml")),
+    ("ja", include_str!("locales/ja.yaml")),
+    ("zh", include_str!("locales/zh.yaml")),
+    ("ar", include_str!("locales/ar.yaml")),
 ];
 
 /// The messages of one language.
@@ -89,6 +97,14 @@ impl Catalogs {
             }
             let entry = base.entry(lang.clone()).or_insert_with(|| english.clone());
             entry.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (lang, texts) in &base {
+            if !matches!(
+                texts.get("direction").map(String::as_str),
+                Some("ltr" | "rtl")
+            ) {
+                errors.push(format!("locales/{lang}.yaml: direction must be ltr or rtl"));
+            }
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -195,10 +211,13 @@ mod tests {
         let pick = |h: Option<&str>| c.negotiate(h).lang.clone();
         assert_eq!(pick(None), "en");
         assert_eq!(pick(Some("de-CH,de;q=0.9,en;q=0.8")), "de");
-        assert_eq!(pick(Some("es, fr;q=0.5, de;q=0.7")), "de");
+        assert_eq!(pick(Some("sv, fr;q=0.5, de;q=0.7")), "de");
         assert_eq!(pick(Some("FR-ca")), "fr");
         assert_eq!(pick(Some("de;q=0, fr;q=0.1")), "fr");
-        assert_eq!(pick(Some("ja, *;q=0.5")), "en");
+        assert_eq!(pick(Some("sv, *;q=0.5")), "en");
+        assert_eq!(pick(Some("ar-EG")), "ar");
+        assert_eq!(c.negotiate(Some("ar")).get("direction"), "rtl");
+        assert_eq!(c.negotiate(Some("ja")).get("direction"), "ltr");
         assert_eq!(pick(Some("garbage;q=x,,;;")), "en");
         assert_eq!(
             c.negotiate(Some("de")).fill("ago_seconds", &[("n", "40")]),
@@ -209,11 +228,11 @@ mod tests {
     #[test]
     fn operator_locales_override_and_add_languages_and_refuse_typos() {
         let mut ui = Ui {
-            default_language: "es".into(),
+            default_language: "sv".into(),
             ..Ui::default()
         };
         ui.locales.insert(
-            "es".into(),
+            "sv".into(),
             BTreeMap::from([("enter_button".to_string(), "Continuar".to_string())]),
         );
         ui.locales.insert(
@@ -226,7 +245,7 @@ mod tests {
         assert_eq!(c.default_catalog().get("enter_label"), "Code");
         assert_eq!(c.negotiate(Some("de")).get("enter_button"), "Los");
         assert_eq!(c.negotiate(Some("de")).get("enter_label"), "Code");
-        assert!(c.languages().any(|l| l == "es"));
+        assert!(c.languages().any(|l| l == "sv"));
 
         ui.locales.insert(
             "fr".into(),
@@ -237,8 +256,15 @@ mod tests {
             errs[0].contains("locales/fr.yaml") && errs[0].contains("enter_buton"),
             "{errs:?}"
         );
+        // A writing direction is ltr or rtl (an operator adding Hebrew says rtl).
+        ui.locales.insert(
+            "fr".into(),
+            BTreeMap::from([("direction".to_string(), "up".to_string())]),
+        );
+        let errs = Catalogs::load(&ui).unwrap_err();
+        assert!(errs[0].contains("locales/fr.yaml") && errs[0].contains("direction"));
         ui.locales.clear();
-        ui.default_language = "it".into();
+        ui.default_language = "sv".into();
         assert!(Catalogs::load(&ui).unwrap_err()[0].contains("ui.default_language"));
     }
 }

@@ -33,7 +33,8 @@ const TEMPLATES: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message {
     Approved,
-    Denied,
+    /// "Deny — I did not start this": denied, and reported as possible phishing.
+    Reported,
     Expired,
     AlreadyUsed,
     AlreadyDenied,
@@ -47,12 +48,18 @@ pub enum Message {
     TooManyAttempts,
     /// Everyone's wrong-code budget is spent: sign in at the IdP first.
     SignInFirst,
+    /// `approver_networks`: this browser's network may not approve (the grant is denied).
+    NetworkNotAllowed,
+    /// `proximity: require`: the browser is not on the device's network (the grant is denied).
+    Proximity,
+    /// `require_claims`, `acr_values` or `max_age`: this sign-in may not approve.
+    PolicyRefused,
 }
 
 impl Message {
-    pub const ALL: [Message; 14] = [
+    pub const ALL: [Message; 17] = [
         Self::Approved,
-        Self::Denied,
+        Self::Reported,
         Self::Expired,
         Self::AlreadyUsed,
         Self::AlreadyDenied,
@@ -65,13 +72,16 @@ impl Message {
         Self::Unavailable,
         Self::TooManyAttempts,
         Self::SignInFirst,
+        Self::NetworkNotAllowed,
+        Self::Proximity,
+        Self::PolicyRefused,
     ];
 
     /// (HTTP status, message key, css class, offer a retry link)
     fn parts(self) -> (u16, &'static str, &'static str, bool) {
         match self {
             Self::Approved => (200, "approved", "success", false),
-            Self::Denied => (200, "denied", "success", false),
+            Self::Reported => (200, "reported", "success", false),
             Self::Expired => (400, "expired", "error", true),
             Self::AlreadyUsed => (400, "already_used", "error", false),
             Self::AlreadyDenied => (400, "already_denied", "error", true),
@@ -84,6 +94,9 @@ impl Message {
             Self::TooManyAttempts => (429, "too_many_attempts", "error", false),
             Self::SignInFirst => (429, "sign_in_first", "error", false),
             Self::Unavailable => (503, "unavailable", "error", true),
+            Self::NetworkNotAllowed => (403, "network_not_allowed", "error", false),
+            Self::Proximity => (403, "proximity", "error", false),
+            Self::PolicyRefused => (403, "policy_refused", "error", false),
         }
     }
 
@@ -150,6 +163,9 @@ pub struct Pages {
     catalogs: Catalogs,
     brand: Value,
     scopes: BTreeMap<String, ScopeText>,
+    education: Option<ScopeText>,
+    report_text: Option<ScopeText>,
+    report_url: Option<ScopeText>,
 }
 
 impl Pages {
@@ -186,6 +202,9 @@ impl Pages {
             catalogs,
             brand,
             scopes: ui.scopes.clone(),
+            education: ui.education.clone(),
+            report_text: ui.report_text.clone(),
+            report_url: ui.report_url.clone(),
         };
         pages.try_every_page()?;
         // Said once per process: start-up builds the pages once, and `--check` once.
@@ -271,7 +290,25 @@ impl Pages {
     }
 
     fn base_context(&self, t: &Catalog) -> Value {
-        context! { t => t.value.clone(), lang => t.lang.as_str(), brand => self.brand.clone() }
+        context! {
+            t => t.value.clone(),
+            lang => t.lang.as_str(),
+            dir => t.get("direction"),
+            brand => self.brand.clone(),
+            education => self.localized(&self.education, t, "education"),
+        }
+    }
+
+    /// An operator's text for this language (`ui.education`, …), else the catalogue's `key`.
+    fn localized<'a>(
+        &'a self,
+        text: &'a Option<ScopeText>,
+        t: &'a Catalog,
+        key: &'a str,
+    ) -> &'a str {
+        text.as_ref()
+            .and_then(|x| x.for_language(&t.lang))
+            .unwrap_or_else(|| t.get(key))
     }
 
     fn enter_context(
@@ -365,6 +402,17 @@ impl Pages {
     ) -> Value {
         let (_, key, kind, retry) = m.parts();
         let signin = signin.map(|s| context! { action => s.action, csrf => s.csrf });
+        // After "I did not start this": what to do next, and where to report it.
+        let report = (m == Message::Reported).then(|| {
+            let url = self
+                .report_url
+                .as_ref()
+                .and_then(|u| u.for_language(&t.lang));
+            context! {
+                text => self.localized(&self.report_text, t, "report_text"),
+                url,
+            }
+        });
         context! {
             ..self.base_context(t),
             ..context! {
@@ -374,6 +422,7 @@ impl Pages {
                 kind,
                 retry_url => retry.then_some(retry_url),
                 signin,
+                report,
             }
         }
     }
@@ -549,8 +598,8 @@ mod tests {
         assert!(html.contains("--accent: #8a1538"), "{html}");
         let fr = p.language(Some("fr"));
         assert!(p
-            .message(fr, Message::Denied, "/device")
-            .contains("Demande refusée"));
+            .message(fr, Message::Reported, "/device")
+            .contains("Refusé et signalé"));
         // English falls back to the catalogue for openid: the German override is German only.
         assert!(p
             .consent(p.language(None), &sample(&scopes))
@@ -583,8 +632,8 @@ mod tests {
             BTreeMap::from([("x_support".to_string(), "Call 555".to_string())]),
         );
         let p = Pages::new(&ui).unwrap();
-        let html = p.message(p.language(None), Message::Denied, "/device");
-        assert_eq!(html, "<p id=mine>Request denied / Call 555</p>");
+        let html = p.message(p.language(None), Message::Reported, "/device");
+        assert_eq!(html, "<p id=mine>Denied and reported / Call 555</p>");
 
         ui.templates.push(("enter.html".into(), "{% if %}".into()));
         let errs = Pages::new(&ui).err().unwrap();

@@ -128,6 +128,27 @@ impl BrowserKeys<'_> {
             .is_ok()
     }
 
+    /// The tag of a `verification_uri_complete` link (`&t=`): a prefilled code is honoured, and
+    /// its QR code drawn, only with it, so a link a phisher builds for a code whose client has
+    /// `verification_uri_complete: false` prefills nothing. No store lookup, so a tag tells
+    /// nothing about which codes exist.
+    pub fn link_tag(self, user_code: &str) -> String {
+        let mac = self.mac("link", &[user_code]).finalize().into_bytes();
+        URL_SAFE_NO_PAD.encode(&mac[..12])
+    }
+
+    pub fn link_tag_ok(self, user_code: &str, tag: &str) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(tag) else {
+            return false;
+        };
+        // Constant time, like every MAC check here.
+        raw.len() == 12
+            && self
+                .mac("link", &[user_code])
+                .verify_truncated_left(&raw)
+                .is_ok()
+    }
+
     /// What a grant's login is bound to: an HMAC of the browser session cookie, so the store
     /// never holds the cookie itself.
     pub fn browser_binding(self, browser: &str) -> String {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::events::{self, Audit, Event, Fact};
 use super::{auth, limit_error, Gateway, Reply, Request};
 use crate::device::code::display_user_code;
+use crate::device::code::random_token;
 use crate::device::service::{resolve_scopes, Requester};
 use crate::error::OAuthError;
 use crate::limits::network_key;
@@ -16,7 +17,9 @@ struct Response<'a> {
     device_code: &'a str,
     user_code: &'a str,
     verification_uri: &'a str,
-    verification_uri_complete: &'a str,
+    /// Absent for a client with `verification_uri_complete: false`: its users type the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verification_uri_complete: Option<String>,
     expires_in: u64,
     interval: u64,
     /// Google's name for verification_uri, for clients written against Google only.
@@ -54,6 +57,22 @@ impl Gateway {
             Ok(c) => c,
             Err(e) => return refuse(e),
         };
+        // RFC 10027 trusted networks: this client's devices start flows only from these.
+        if !client.policy.device_allowed(req.client_ip) {
+            let e = OAuthError::UnauthorizedClient(
+                "this client may not start a device flow from this network".into(),
+            );
+            tracing::warn!(client_id = %client.client_id, "device request from outside device_networks");
+            let audit = Audit {
+                client_id: Some(client.client_id.clone()),
+                ..Audit::new(Event::PolicyRefused("device_networks"))
+            };
+            return refuse(e).facts(events::policy_refusal(
+                audit,
+                &client.client_id,
+                "device_networks",
+            ));
+        }
         // Counted only once authenticated, so a stranger cannot spend a client's budget.
         let network = network_key(req.client_ip);
         let public = client.client_secret.is_none();
@@ -64,9 +83,27 @@ impl Gateway {
         {
             return refuse(limit_error(r, false));
         }
-        let scopes = match resolve_scopes(params.get("scope"), &client.allowed_scopes) {
+        let mut scopes = match resolve_scopes(params.get("scope"), &client.allowed_scopes) {
             Ok(s) => s,
             Err(e) => return refuse(e),
+        };
+        if !client.policy.refresh_tokens {
+            // Short-lived tokens only: nobody is asked to let the device stay signed in.
+            scopes.retain(|s| s != "offline_access");
+        }
+        // The link tag needs the deployment's shared secret: fetched before anything is spent.
+        let keys = if client.policy.verification_uri_complete {
+            match self.browsers.keys(&self.device).await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store failed");
+                    return refuse(OAuthError::TemporarilyUnavailable(
+                        "the gateway cannot reach its grant store, try again later".into(),
+                    ));
+                }
+            }
+        } else {
+            None
         };
         let requester = Requester {
             ip: req.client_ip.map(|ip| ip.to_string()),
@@ -77,6 +114,39 @@ impl Gateway {
         if let Err(r) = self.limits.open_grant(&network, now.secs()).await {
             return refuse(limit_error(r, false));
         }
+        // The client's own share (`max_pending`), so one client's flood leaves the others room.
+        let slot = random_token(16);
+        if let Some(max) = client.policy.max_pending {
+            let until = now.secs_ceil() + self.config.device.expires_in;
+            let opened = self
+                .limits
+                .open_client_grant(&client.client_id, &slot, max, until, now.secs())
+                .await;
+            if let Err(r) = opened {
+                self.limits.grant_not_opened(&network).await;
+                let full = matches!(r, crate::limits::Refused::Limited(_));
+                let e = limit_error(r, false);
+                if !full {
+                    return refuse(e);
+                }
+                // The client's policy, not a flood limit: counted and audited as the policy.
+                tracing::warn!(client_id = %client.client_id, max, "client's pending grants at max_pending");
+                let audit = Audit {
+                    client_id: Some(client.client_id.clone()),
+                    ..Audit::new(Event::PolicyRefused("max_pending"))
+                };
+                return Reply::oauth_error(&e)
+                    .fact(Fact::DeviceAuthorization {
+                        client: client.client_id.clone(),
+                        result: e.code(),
+                    })
+                    .facts(events::policy_refusal(
+                        audit,
+                        &client.client_id,
+                        "max_pending",
+                    ));
+            }
+        }
         let issued = match self
             .device
             .authorize(&client.client_id, scopes, requester, now)
@@ -85,6 +155,11 @@ impl Gateway {
             Ok(i) => i,
             Err(e) => {
                 self.limits.grant_not_opened(&network).await;
+                if client.policy.max_pending.is_some() {
+                    self.limits
+                        .client_grant_not_opened(&client.client_id, &slot)
+                        .await;
+                }
                 return refuse(e);
             }
         };
@@ -93,7 +168,9 @@ impl Gateway {
             device_code: &issued.device_code,
             user_code: &display_user_code(&issued.user_code),
             verification_uri: &verification_uri,
-            verification_uri_complete: &self.verification_uri_complete(&issued.user_code),
+            verification_uri_complete: keys.map(|k| {
+                self.verification_uri_complete(&issued.user_code, &k.link_tag(&issued.user_code))
+            }),
             expires_in: issued.expires_in,
             interval: issued.interval,
             verification_url: client.verification_url.then_some(verification_uri.as_str()),
@@ -110,10 +187,10 @@ impl Gateway {
             )))
     }
 
-    /// `verification_uri_complete` (§3.3.1) for a canonical user code.
-    pub(super) fn verification_uri_complete(&self, user_code: &str) -> String {
+    /// `verification_uri_complete` (§3.3.1) for a canonical user code and its link tag.
+    pub(super) fn verification_uri_complete(&self, user_code: &str, tag: &str) -> String {
         format!(
-            "{}?user_code={}",
+            "{}?user_code={}&t={tag}",
             self.config.public(&self.config.device.verification_path),
             display_user_code(user_code)
         )

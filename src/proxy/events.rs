@@ -15,6 +15,9 @@ pub enum By {
     Idp,
     /// The operator's kill switch (`clients[].enabled: false`).
     Operator,
+    /// A rule of the client's policy (`approver_networks`, `proximity`, `require_claims`,
+    /// `acr_values`, `max_age`).
+    Policy(&'static str),
 }
 
 impl By {
@@ -23,6 +26,7 @@ impl By {
             Self::User => "user",
             Self::Idp => "idp",
             Self::Operator => "operator",
+            Self::Policy(_) => "policy",
         }
     }
 }
@@ -43,6 +47,11 @@ pub enum Event {
     Delivered,
     /// A limit refused a request (`device`, `poll`, `code_failures`).
     Refused(&'static str),
+    /// A rule of the client's policy refused a device request (`device_networks`,
+    /// `max_pending`).
+    PolicyRefused(&'static str),
+    /// The user denied the grant as "I did not start this": possible phishing.
+    Reported,
     /// A user signed in at the IdP to enter codes while everyone's wrong-code budget was spent.
     SignedIn,
 }
@@ -56,7 +65,8 @@ impl Event {
             Self::Denied(_) => "denied",
             Self::Expired => "expired",
             Self::Delivered => "delivered",
-            Self::Refused(_) => "refused",
+            Self::Refused(_) | Self::PolicyRefused(_) => "refused",
+            Self::Reported => "reported",
             Self::SignedIn => "signed_in",
         }
     }
@@ -70,8 +80,11 @@ pub struct Audit {
     pub client_id: Option<String>,
     /// The user's `sub` at the IdP, once known.
     pub sub: Option<String>,
-    /// The IdP's error code, for a login it refused.
+    /// The IdP's error code, for a login it refused; why a policy rule refused.
     pub error: Option<String>,
+    /// The device's address and software, for a report.
+    pub device_ip: Option<String>,
+    pub device_software: Option<String>,
 }
 
 impl Audit {
@@ -82,6 +95,8 @@ impl Audit {
             client_id: None,
             sub: None,
             error: None,
+            device_ip: None,
+            device_software: None,
         }
     }
 
@@ -124,6 +139,27 @@ pub enum Fact {
     Verification(&'static str),
     /// A request refused by a limit (`code_failures`, `device`, `poll`).
     Limited(&'static str),
+    /// A request or approval refused by a client's policy rule.
+    Policy {
+        client: String,
+        rule: &'static str,
+    },
+    /// A grant denied as "I did not start this".
+    Reported {
+        client: String,
+    },
+}
+
+/// The facts of a policy refusal: the count, and the audit event (`refused` for a device
+/// request, `denied` when it denied a grant).
+pub fn policy_refusal(audit: Audit, client: &str, rule: &'static str) -> [Fact; 2] {
+    [
+        Fact::Policy {
+            client: client.to_string(),
+            rule,
+        },
+        Fact::Audit(audit),
+    ]
 }
 
 /// The facts of a request a limit refused: the `rate_limited` count and a `refused` event.
@@ -158,25 +194,37 @@ pub fn record(metrics: &Metrics, facts: &[Fact], client_ip: &str) {
                 metrics.verifications.with_label_values(&[outcome]).inc()
             }
             Fact::Limited(limit) => metrics.rate_limited.with_label_values(&[limit]).inc(),
+            Fact::Policy { client, rule } => metrics
+                .policy_refusals
+                .with_label_values(&[client.as_str(), rule])
+                .inc(),
+            Fact::Reported { client } => metrics.reported.with_label_values(&[client]).inc(),
         }
     }
 }
 
 fn audit(a: &Audit, client_ip: &str) {
-    let by = match a.event {
-        Event::Denied(by) => Some(by.as_str()),
-        _ => None,
+    let (by, rule) = match a.event {
+        Event::Denied(By::Policy(rule)) | Event::PolicyRefused(rule) => {
+            (Some("policy"), Some(rule))
+        }
+        Event::Denied(by) => (Some(by.as_str()), None),
+        _ => (None, None),
     };
     let limit = match a.event {
         Event::Refused(limit) => Some(limit),
         _ => None,
     };
+    let (device_ip, device_software) = (a.device_ip.as_deref(), a.device_software.as_deref());
     let (grant, client_id) = (a.grant.as_deref(), a.client_id.as_deref());
     let (sub, error) = (a.sub.as_deref(), a.error.as_deref());
     let event = a.event.name();
     if limit == Some("code_failures") {
         // Someone may be guessing codes: worth a warning.
         tracing::warn!(target: "audit", event, limit, client_ip);
+    } else if a.event == Event::Reported || rule.is_some() {
+        // Possible phishing, or a policy at work: what security teams alert on.
+        tracing::warn!(target: "audit", event, by, rule, grant, client_id, sub, error, device_ip, device_software, client_ip);
     } else {
         tracing::info!(target: "audit", event, by, limit, grant, client_id, sub, error, client_ip);
     }

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use super::browser::BrowserKeys;
 use super::events::{Audit, By, Event, Fact};
 use super::verification::refusal_page;
-use super::{Gateway, Reply, Request};
+use super::{policy, Gateway, Reply, Request};
 use crate::device::code::random_token;
 use crate::device::service::BrowserError;
 use crate::device::{Grant, Key, Login, Status};
-use crate::oidc::UpstreamError;
+use crate::oidc::{LoginResult, UpstreamError};
 use crate::pages::{Catalog, Message};
 
 /// How a sign-in's `state` starts: a grant's starts with its id, 22 characters, never this.
@@ -26,6 +26,7 @@ impl Gateway {
     /// Approve pressed: bind a fresh login to the grant and send the browser to the IdP.
     pub(super) async fn approve(
         &self,
+        req: &Request<'_>,
         t: &Catalog,
         user_code: &str,
         browser_binding: String,
@@ -54,6 +55,14 @@ impl Gateway {
         let Some(client) = self.enabled_client(&grant.client_id) else {
             return self.refuse_disabled_client(t, user_code, now).await;
         };
+        // The network rules again: this request may come from elsewhere than the code entry.
+        if let Some((rule, page)) = policy::browser_refusal(&client.policy, &grant, req.client_ip) {
+            let reason =
+                format!("the approval came from a network the client's {rule} rule refuses");
+            return self
+                .deny_by_policy(t, &grant, rule, page, |g| g.deny(&reason, now))
+                .await;
+        }
         let state = format!("{}.{}", grant.id, login.state_secret);
         let url = self.oidc.authorize_url(
             &disc,
@@ -231,6 +240,13 @@ impl Gateway {
                 .await;
             return self.disabled_client_page(t, denied);
         };
+        if let Some((rule, page)) = policy::browser_refusal(&client.policy, &grant, req.client_ip) {
+            let reason =
+                format!("the approval came from a network the client's {rule} rule refuses");
+            return self
+                .deny_by_policy(t, &grant, rule, page, fail(reason.clone(), false))
+                .await;
+        }
         if let Some(err) = q.get("error") {
             let reason = format!("the identity provider refused the login: {err}");
             return match self
@@ -254,8 +270,17 @@ impl Gateway {
             .oidc
             .exchange_code(client, code, &login.pkce_verifier, &login.nonce, now)
             .await;
+        let exchanged = match exchanged {
+            Ok(res) => self.judge_login(client, res, now).await,
+            Err(e) => Err(e),
+        };
         match exchanged {
-            Ok(res) => {
+            Ok(Err(rule)) => {
+                let reason = format!("the sign-in does not meet the client's {rule} rule");
+                self.deny_by_policy(t, &grant, rule, Message::PolicyRefused, fail(reason, false))
+                    .await
+            }
+            Ok(Ok(res)) => {
                 let (secret, binding) = (secret.to_string(), binding.clone());
                 let (tokens, subject) = (res.tokens, res.subject);
                 let approved = self
@@ -314,6 +339,35 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// The client's policy applied to a verified login: the login to approve with (without a
+    /// refresh token when the policy withholds them), or the rule it breaks. An unreachable
+    /// userinfo endpoint is an upstream error like any other.
+    async fn judge_login(
+        &self,
+        client: &crate::config::Client,
+        mut res: LoginResult,
+        now: u64,
+    ) -> Result<Result<LoginResult, &'static str>, UpstreamError> {
+        let policy = &client.policy;
+        if !policy.refresh_tokens && res.tokens.remove("refresh_token").is_some() {
+            tracing::info!(client_id = %client.client_id, "refresh token withheld by policy");
+        }
+        let judged = !policy.require_claims.is_empty()
+            || !policy.acr_values.is_empty()
+            || policy.max_age.is_some();
+        if !judged {
+            return Ok(Ok(res));
+        }
+        let claims = self.policy_claims(policy, &res).await?;
+        Ok(match policy.claims_refusal(&claims, now) {
+            Some((rule, why)) => {
+                tracing::warn!(client_id = %client.client_id, sub = %res.subject, rule, why, "sign-in refused by policy");
+                Err(rule)
+            }
+            None => Ok(res),
+        })
     }
 
     /// A change the callback meant to make did not happen (the grant expired, another login

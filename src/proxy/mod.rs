@@ -27,6 +27,7 @@ mod device_authorization;
 mod discovery;
 pub mod events;
 mod login;
+mod policy;
 mod qr;
 pub mod reply;
 pub mod request;
@@ -311,7 +312,7 @@ impl Gateway {
             Route::Discovery { oidc } => self.discovery(req, *oidc).await,
             Route::Verification => self.verification(req).await,
             Route::Callback => self.callback(req).await,
-            Route::Qr => self.qr_code(req),
+            Route::Qr => self.qr_code(req).await,
             Route::Disguised(_) | Route::PassThrough => return None,
         })
     }

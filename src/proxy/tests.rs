@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pingora::http::RequestHeader;
 use serde_json::Value;
 
-use super::events::{Audit, By, Event, Fact};
+use super::events::{self, Audit, By, Event, Fact};
 use super::*;
 use crate::clock::{Clock, ManualClock, Time};
 use crate::device::{Key, Status, TokenSet};
@@ -92,6 +92,13 @@ fn events(reply: &Reply) -> Vec<Event> {
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 
 impl Harness {
+    /// The link tag this deployment gives a code's `verification_uri_complete`.
+    async fn tag(&self, user_code: &str) -> String {
+        let keys = self.gw.browsers.keys(&self.gw.device).await.unwrap();
+        let code = crate::device::code::normalize_user_code(user_code).unwrap();
+        keys.link_tag(&code)
+    }
+
     /// What `request_filter` does with a request, from classification to the reply.
     async fn send(
         &self,
@@ -326,10 +333,11 @@ async fn every_owned_path_answers_a_wrong_method_with_405_and_allow() {
         }
     }
     // HEAD is served wherever GET is (the writer leaves the body out).
-    let r = h
-        .send("HEAD", "/device/qr?user_code=BCDF-GHJK", &[], "")
-        .await
-        .unwrap();
+    let qr = format!(
+        "/device/qr?user_code=BCDF-GHJK&t={}",
+        h.tag("BCDF-GHJK").await
+    );
+    let r = h.send("HEAD", &qr, &[], "").await.unwrap();
     assert_eq!(r.status, 200);
     // Other methods at the IdP's token endpoint are the IdP's.
     assert!(h.send("GET", "/token", &[], "").await.is_none());
@@ -454,13 +462,33 @@ async fn a_poll_flood_is_refused_audited_and_counted() {
 #[tokio::test]
 async fn verification_page_states() {
     let h = harness();
-    // The entry form sets a browser session and only prefills a code.
+    // The entry form sets a browser session and only prefills a code, and only from a link
+    // this gateway issued (its tag checks).
+    let tag = h.tag("BCDF-GHJK").await;
     let r = h
-        .send("GET", "/device?user_code=bcdf-ghjk", &[], "")
+        .send(
+            "GET",
+            &format!("/device?user_code=bcdf-ghjk&t={tag}"),
+            &[],
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("BCDF-GHJK"));
+    for forged in ["", "&t=", "&t=AAAAAAAAAAAAAAAA", &format!("&t={tag}x")] {
+        let r = h
+            .send(
+                "GET",
+                &format!("/device?user_code=bcdf-ghjk{forged}"),
+                &[],
+                "",
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(!text(&r).contains("BCDF-GHJK"), "prefilled with {forged:?}");
+    }
     assert!(r.header_value("set-cookie").unwrap().contains("HttpOnly"));
     assert!(r
         .header_value("content-security-policy")
@@ -492,11 +520,19 @@ async fn verification_page_states() {
     assert_eq!(r.status, 400);
     assert_eq!(r.facts, vec![Fact::Verification("refused")]);
 
-    // Deny: audited as the user's, and the device learns it.
+    // "Deny — I did not start this": denied, and reported at warn level with the device's
+    // address and software; counted; the page says what to do next.
     let r = h.act(&cookie, &user_code, &csrf, "deny").await;
     assert_eq!(r.status, 200);
-    assert!(r.facts.contains(&Fact::Verification("denied")));
-    assert_eq!(events(&r), [Event::Denied(By::User)]);
+    assert!(r.facts.contains(&Fact::Verification("reported")));
+    assert!(r.facts.contains(&Fact::Reported {
+        client: "tv-app".into()
+    }));
+    assert_eq!(events(&r), [Event::Reported]);
+    let report = audits(&r)[0].clone();
+    assert_eq!(report.client_id.as_deref(), Some("tv-app"));
+    assert_eq!(report.device_ip.as_deref(), Some("127.0.0.1"));
+    assert!(text(&r).contains("Denied and reported") && text(&r).contains("change your password"));
     // Already denied: its own page, nothing audited.
     let (r, _) = h.enter(&cookie, &user_code).await;
     assert_eq!(r.status, 400);
@@ -837,6 +873,18 @@ async fn with_a_working_idp_logging(sub: &str) -> (Harness, String, String, Stri
 /// A token response with an ID token for `aud`, `nonce` and `sub`, and the key set that
 /// verifies it: (token response, JWKS), as JSON.
 fn signed_tokens(aud: &str, nonce: &str, sub: &str, now: u64) -> (String, String) {
+    signed_tokens_with(aud, nonce, sub, now, None, None)
+}
+
+/// [`signed_tokens`] with an `acr` and an `auth_time` in the ID token.
+fn signed_tokens_with(
+    aud: &str,
+    nonce: &str,
+    sub: &str,
+    now: u64,
+    acr: Option<&str>,
+    auth_time: Option<u64>,
+) -> (String, String) {
     use openidconnect::core::{
         CoreIdToken, CoreIdTokenClaims, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
         CoreRsaPrivateSigningKey,
@@ -860,7 +908,9 @@ fn signed_tokens(aud: &str, nonce: &str, sub: &str, now: u64) -> (String, String
         StandardClaims::new(SubjectIdentifier::new(sub.into())),
         EmptyAdditionalClaims {},
     )
-    .set_nonce(Some(Nonce::new(nonce.into())));
+    .set_nonce(Some(Nonce::new(nonce.into())))
+    .set_auth_context_ref(acr.map(|a| openidconnect::AuthenticationContextClass::new(a.into())))
+    .set_auth_time(auth_time.and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0)));
     let id_token = CoreIdToken::new(
         claims,
         &key,
@@ -1129,3 +1179,5 @@ async fn while_guessers_hold_the_global_budget_a_signed_in_user_still_enters_the
     let (other, _) = h.browser().await;
     assert_eq!(lookup(format!("{other}; {signed_in}")).await.status, 429);
 }
+
+mod policy;

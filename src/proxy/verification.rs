@@ -8,12 +8,12 @@ use http::{HeaderValue, Method};
 
 use super::browser::BrowserKeys;
 use super::events::{self, Audit, By, Event, Fact};
-use super::{Gateway, Reply, Request};
+use super::{policy, Gateway, Reply, Request};
 use crate::device::code::{display_user_code, normalize_user_code, random_token};
 use crate::device::service::BrowserError;
 use crate::device::{Key, Refusal};
 use crate::form::{is_form_content_type, Params};
-use crate::limits::{same_network, Attempt, Refused};
+use crate::limits::{Attempt, Refused};
 use crate::pages::{Catalog, CodeError, Consent, Message, SignIn};
 
 /// The browser session of a request: its id, and the cookie to set when it is new.
@@ -48,7 +48,7 @@ impl Gateway {
         };
         if req.head.method != Method::POST {
             // GET and HEAD (the route takes nothing else).
-            return session.keep(self.enter_page(req, t));
+            return session.keep(self.enter_page(req, t).await);
         }
         let params = match Params::parse(&req.body) {
             Ok(p) if is_form_content_type(req.header("content-type")) => p,
@@ -140,22 +140,32 @@ impl Gateway {
                 .fact(Fact::Verification("refused"));
         }
         if action == "deny" {
-            return self.deny(t, &user_code, now).await;
+            return self.report(t, &user_code, now).await;
         }
         let binding = keys.browser_binding(&session.id);
-        self.approve(t, &user_code, binding, now).await
+        self.approve(req, t, &user_code, binding, now).await
     }
 
     /// The code entry form. §3.3.1: a code from `verification_uri_complete` is only
-    /// prefilled, never acted on.
-    fn enter_page(&self, req: &Request<'_>, t: &Catalog) -> Reply {
+    /// prefilled, never acted on; and only from a link this gateway issued (its tag `t`
+    /// checks), so a client with `verification_uri_complete: false` gets no prefilled links.
+    async fn enter_page(&self, req: &Request<'_>, t: &Catalog) -> Reply {
         let Ok(q) = req.query() else {
             return self.message(t, Message::BadRequest);
         };
-        let typed = q.get("user_code").unwrap_or("");
-        let shown = normalize_user_code(typed)
-            .map(|c| display_user_code(&c))
-            .unwrap_or_else(|| typed.chars().take(20).collect());
+        let code = q.get("user_code").and_then(normalize_user_code);
+        let tag = q.get("t").unwrap_or_default();
+        let shown = match code {
+            Some(code) if !tag.is_empty() => match self.browsers.keys(&self.device).await {
+                Ok(keys) if keys.link_tag_ok(&code, tag) => display_user_code(&code),
+                Ok(_) => String::new(),
+                Err(e) => return self.browser_error(t, BrowserError::Store(e)),
+            },
+            _ => String::new(),
+        };
+        if shown.is_empty() && q.get("user_code").is_some() {
+            tracing::info!("a prefilled code without this gateway's link tag was ignored");
+        }
         let html = self
             .pages
             .enter(t, &self.config.device.verification_path, &shown, None);
@@ -200,16 +210,18 @@ impl Gateway {
         let Some(client) = self.enabled_client(&grant.client_id) else {
             return self.refuse_disabled_client(t, user_code, now).await;
         };
+        if let Some((rule, page)) = policy::browser_refusal(&client.policy, &grant, req.client_ip) {
+            let reason =
+                format!("the approval came from a network the client's {rule} rule refuses");
+            return self
+                .deny_by_policy(t, &grant, rule, page, |g| g.deny(&reason, now))
+                .await;
+        }
         let shown = display_user_code(user_code);
         let csrf = keys.csrf_token(browser, user_code);
         // §5.4: show where the request came from, and warn when that is not where the person
         // looking at this page is (a phished user is usually far from the device).
-        let other_network = match (grant.requester_ip.as_deref(), req.client_ip) {
-            (Some(device), Some(browser)) => device
-                .parse()
-                .is_ok_and(|device| !same_network(device, browser)),
-            _ => false,
-        };
+        let other_network = policy::warn_far(&client.policy, &grant, req.client_ip);
         let html = self.pages.consent(
             t,
             &Consent {
@@ -234,17 +246,24 @@ impl Gateway {
         )))
     }
 
-    /// Deny pressed ("I did not start this"): the device learns it at its next poll.
-    async fn deny(&self, t: &Catalog, user_code: &str, now: u64) -> Reply {
+    /// "Deny — I did not start this": the grant is denied (the device learns it at its next
+    /// poll) and reported as possible phishing: a warning naming the client, the device's
+    /// address and software, and the browser's address (the event's `client_ip`).
+    async fn report(&self, t: &Catalog, user_code: &str, now: u64) -> Reply {
         match self.device.deny(user_code, now).await {
-            Ok(g) => self
-                .message(t, Message::Denied)
-                .fact(Fact::Verification("denied"))
-                .fact(Fact::Audit(Audit::grant(
-                    Event::Denied(By::User),
-                    &g.id,
-                    &g.client_id,
-                ))),
+            Ok(g) => {
+                let audit = Audit {
+                    device_ip: g.requester_ip.clone(),
+                    device_software: g.requester_software.clone(),
+                    ..Audit::grant(Event::Reported, &g.id, &g.client_id)
+                };
+                self.message(t, Message::Reported)
+                    .fact(Fact::Verification("reported"))
+                    .fact(Fact::Reported {
+                        client: g.client_id.clone(),
+                    })
+                    .fact(Fact::Audit(audit))
+            }
             Err(e) => self.browser_error(t, e),
         }
     }
