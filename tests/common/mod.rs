@@ -79,8 +79,14 @@ pub struct Options {
     pub ui: Option<String>,
     /// `server.trusted_proxies`, as a YAML flow list (`[127.0.0.1]`), if any.
     pub trusted_proxies: Option<String>,
+    /// Policy keys for `tv-app` and for `kiosk` (one `key: value` per line, unindented).
+    pub tv_policy: Option<String>,
+    pub kiosk_policy: Option<String>,
     /// Which IdP plays the organisation's.
     pub idp: Idp,
+    /// With `Idp::Keycloakish`: the user's IdP session began this many seconds ago, and the
+    /// IdP reuses it whatever `max_age` asks (`IDP_SESSION_AGE`).
+    pub idp_session_age: u64,
     /// The IdP on its own origin (its own port and issuer) and the gateway on another, instead
     /// of the gateway at the issuer's origin.
     pub own_origin: bool,
@@ -113,7 +119,10 @@ impl Default for Options {
             trusted_proxies: None,
             redis: false,
             ui: None,
+            tv_policy: None,
+            kiosk_policy: None,
             idp: Idp::OidcProvider,
+            idp_session_age: 0,
             own_origin: false,
         }
     }
@@ -193,7 +202,7 @@ impl Env {
         } else if opts.idp_down {
             (None, free_port())
         } else {
-            let (p, idp_port) = start_idp(opts.idp, &issuer, &url, own_port.unwrap_or(0));
+            let (p, idp_port) = start_idp(&opts, &issuer, &url, own_port.unwrap_or(0));
             (Some(p), idp_port)
         };
         let redis = opts.redis.then(Redis::start);
@@ -230,14 +239,16 @@ store:
     description: The TV in the living room, streaming films
     logo_url: "{TV_LOGO}"
     allowed_scopes: [openid, profile, email, offline_access]
-  - client_id: kiosk
+{tv_policy}  - client_id: kiosk
     name: Lobby kiosk
     client_secret: ${{KIOSK_SECRET}}
     allowed_scopes: [openid, profile, offline_access]
-  - client_id: retired
+{kiosk_policy}  - client_id: retired
     allowed_scopes: [openid]
     enabled: false
 "#,
+            tv_policy = indent(opts.tv_policy.as_deref(), 4),
+            kiosk_policy = indent(opts.kiosk_policy.as_deref(), 4),
             expires_in = opts.expires_in,
             interval = opts.interval,
             max_pending = opts.max_pending,
@@ -421,6 +432,18 @@ store:
     pub fn gateway_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
+
+    /// The admin listener's `/metrics` text (needs `Options::admin`).
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin_url.as_deref().expect("Options { admin: true }");
+        let resp = self
+            .http
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        resp.text().await.unwrap()
+    }
 }
 
 impl Gate {
@@ -536,7 +559,8 @@ impl Gate {
 /// Starts the IdP with issuer `issuer`; returns it and its port.
 /// Starts the IdP with `issuer`, the test clients registered with the gateway's callback, on
 /// `port` (0: any).
-fn start_idp(kind: Idp, issuer: &str, gateway: &str, port: u16) -> (Proc, u16) {
+fn start_idp(opts: &Options, issuer: &str, gateway: &str, port: u16) -> (Proc, u16) {
+    let kind = opts.idp;
     let callback = format!("{gateway}/device/callback");
     let clients = json!([
         {"client_id": "tv-app", "redirect_uris": [callback]},
@@ -559,6 +583,7 @@ fn start_idp(kind: Idp, issuer: &str, gateway: &str, port: u16) -> (Proc, u16) {
         .env("IDP_ISSUER", issuer)
         .env("IDP_PORT", port.to_string())
         .env("IDP_ALG", alg)
+        .env("IDP_SESSION_AGE", opts.idp_session_age.to_string())
         .env("IDP_CLIENTS", clients.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -580,6 +605,26 @@ fn start_idp(kind: Idp, issuer: &str, gateway: &str, port: u16) -> (Proc, u16) {
         .flatten()
         .expect("the test IdP did not start within 30 s (see tests/idp/idp.js)");
     (proc, port)
+}
+
+/// The claims of a JWT (not verified: for looking at what the IdP put in a token).
+pub fn id_token_claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("JWT payload");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&raw).expect("JSON claims")
+}
+
+/// YAML lines indented by `n` spaces ("" for none).
+fn indent(lines: Option<&str>, n: usize) -> String {
+    let pad = " ".repeat(n);
+    lines
+        .unwrap_or_default()
+        .lines()
+        .map(|l| format!("{pad}{l}\n"))
+        .collect()
 }
 
 pub fn wait_for_port(port: u16) {

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{browser, s, scripted_upstream, Env, Options, Reply, DEVICE_GRANT};
+use crate::common::{
+    browser, id_token_claims, s, scripted_upstream, Env, Options, Reply, DEVICE_GRANT,
+};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,10 +42,11 @@ async fn approve_flow_delivers_tokens_once_and_refresh_passes_through() {
         .all(|c| c == '-' || "BCDFGHJKLMNPQRSTVWXZ".contains(c)));
     assert!(s(&dev["device_code"]).len() >= 43);
     assert_eq!(s(&dev["verification_uri"]), format!("{}/device", env.url));
-    assert_eq!(
-        s(&dev["verification_uri_complete"]),
-        format!("{}/device?user_code={user_code}", env.url)
-    );
+    // The complete URI carries this gateway's tag: only links it issued prefill the code.
+    let complete = s(&dev["verification_uri_complete"]);
+    let prefix = format!("{}/device?user_code={user_code}&t=", env.url);
+    assert!(complete.starts_with(&prefix), "{complete}");
+    assert_eq!(complete.len(), prefix.len() + 16, "{complete}");
     assert_eq!(dev["expires_in"], 600);
     assert_eq!(dev["interval"], 1);
     let device_code = s(&dev["device_code"]).to_string();
@@ -132,15 +135,6 @@ async fn approve_flow_delivers_tokens_once_and_refresh_passes_through() {
     }
 }
 
-fn id_token_claims(jwt: &str) -> Value {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1).expect("JWT payload");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url payload");
-    serde_json::from_slice(&raw).expect("JSON claims")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confidential_client_flow_uses_its_secret_upstream() {
     let env = Env::start(Options::default()).await;
@@ -177,7 +171,7 @@ async fn deny_reaches_the_device() {
         "action": "deny",
     }))
     .await;
-    assert_eq!(s(&report["title"]), "Request denied", "{report}");
+    assert_eq!(s(&report["title"]), "Denied and reported", "{report}");
     let (status, body) = env.poll("tv-app", s(&dev["device_code"])).await;
     assert_eq!((status, s(&body["error"])), (400, "access_denied"));
     // The code cannot be approved afterwards.
@@ -447,8 +441,20 @@ async fn verification_page_errors_are_pages_not_failures() {
         "{cookie}"
     );
 
-    // Reflected input is escaped.
+    // A prefill that is not this gateway's link is not reflected at all; a typed code is,
+    // escaped.
     let body = page("/device?user_code=%3Cscript%3Ex")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!body.contains("script"), "{body}");
+    let body = env
+        .http
+        .post(format!("{}/device", env.url))
+        .form(&[("user_code", "<script>x")])
         .send()
         .await
         .unwrap()

@@ -20,7 +20,8 @@ fn redis_env(interval: u64) -> Options {
 async fn approve_in_browser(gate: &Gate, name: &str, user_code: &str) {
     let report = browser(json!({
         "name": name,
-        "url": format!("{}/device?user_code={user_code}", gate.url),
+        "url": format!("{}/device", gate.url),
+        "user_code": user_code,
         "action": "approve",
         "username": "bob",
     }))

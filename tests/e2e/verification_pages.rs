@@ -223,8 +223,8 @@ async fn qr_code_and_operator_templates() {
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("locales/es.yaml"),
-        "enter_button: Continuar\n",
+        dir.path().join("locales/sv.yaml"),
+        "enter_button: Fortsätt\n",
     )
     .unwrap();
     let env = Env::start(Options {
@@ -236,9 +236,11 @@ async fn qr_code_and_operator_templates() {
     // QR code of verification_uri_complete, for devices that can show an image.
     let dev = env.authorize("tv-app", "openid").await;
     let code = s(&dev["user_code"]);
-    let resp = env
-        .get(&format!("/device/qr?user_code={}", code.to_lowercase()))
-        .await;
+    let query = s(&dev["verification_uri_complete"])
+        .split_once('?')
+        .unwrap()
+        .1;
+    let resp = env.get(&format!("/device/qr?{query}")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "image/svg+xml");
     let svg = resp.text().await.unwrap();
@@ -247,6 +249,9 @@ async fn qr_code_and_operator_templates() {
         "/device/qr",
         "/device/qr?user_code=nope",
         "/device/qr?user_code=%FF",
+        // Without the tag of an issued link, nothing is drawn.
+        &format!("/device/qr?user_code={code}"),
+        &format!("/device/qr?user_code={code}&t=AAAAAAAAAAAAAAAA"),
     ] {
         let resp = env.get(bad).await;
         assert_eq!(resp.status(), 400, "{bad}");
@@ -256,19 +261,15 @@ async fn qr_code_and_operator_templates() {
     // The operator's messages replace the built-in ones and add a language.
     let page = env.get("/device").await.text().await.unwrap();
     assert!(page.contains("Pair your Acme TV"), "{page}");
-    let spanish = env
+    let swedish = env
         .http
         .get(format!("{}/device", env.url))
-        .header("Accept-Language", "es-MX,es;q=0.9")
+        .header("Accept-Language", "sv-SE,sv;q=0.9")
         .send()
         .await
         .unwrap();
-    assert_eq!(spanish.headers()["content-language"], "es");
-    assert!(spanish
-        .text()
-        .await
-        .unwrap()
-        .contains(">Continuar</button>"));
+    assert_eq!(swedish.headers()["content-language"], "sv");
+    assert!(swedish.text().await.unwrap().contains(">Fortsätt</button>"));
 }
 
 /// Guessers on other networks keep everyone's wrong-code budget spent: the user with the right

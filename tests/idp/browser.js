@@ -21,8 +21,9 @@
 //                contrast, landmarks, language...) and report the violations
 //   screenshots  a directory to save a PNG of every page in (optional)
 //
-// Prints one JSON line: {url, status, title, text, lang, pages: [...], axe: [...]}, where text
-// is the final page's visible text and each axe entry is {page, id, impact, help, nodes}.
+// Prints one JSON line: {url, status, title, text, lang, dir, prefilled, pages: [...], axe: [...]},
+// where text is the final page's visible text, dir its writing direction, prefilled the code
+// the first page's form held, and each axe entry is {page, id, impact, help, nodes}.
 // Exits non-zero only when the browser itself failed.
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
@@ -82,6 +83,8 @@ try {
 
   await page.goto(args.url);
   await snap('enter');
+  const field = page.locator('input[name=user_code]');
+  const prefilled = await field.count() > 0 ? await field.inputValue() : null;
   // The pages' own buttons, in whatever language: the code form has one submit button, the
   // consent form "approve" and "deny".
   const submitCode = async (code) => {
@@ -142,7 +145,10 @@ try {
   }
   const text = await page.locator('body').innerText();
   const lang = await page.locator('html').getAttribute('lang');
-  console.log(JSON.stringify({ url: page.url(), status: lastStatus, title: await page.title(), text, lang, pages, axe: axeViolations }));
+  const dir = await page.locator('html').getAttribute('dir');
+  console.log(JSON.stringify({
+    url: page.url(), status: lastStatus, title: await page.title(), text, lang, dir, prefilled, pages, axe: axeViolations,
+  }));
 } finally {
   await browser.close();
 }

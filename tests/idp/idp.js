@@ -13,7 +13,11 @@
 //                with); unset, the IdP behaves as the tests and the demo expect: no device flow.
 //
 // Prints one line `IDP_READY <port>` when it listens. Any user name and password log in
-// (oidc-provider's development login pages).
+// (oidc-provider's development login pages). Test accounts, for devicegate's policies:
+//   groups   every account is in `staff`; one whose name starts with `admin` is also in
+//            `tv-admins` (a claim of the openid scope, served by userinfo)
+//   acr      a login whose name starts with `mfa` authenticates with ACR_MFA, any other with
+//            ACR_PWD (the ID token's `acr`, also when `acr_values` asks for another)
 import Provider from 'oidc-provider';
 
 const issuer = process.env.IDP_ISSUER;
@@ -32,6 +36,8 @@ async function bigMemoryAdapter() {
   const store = new LRU({ maxSize: 2_000_000 });
   return (model) => new MemoryAdapter(model, store);
 }
+const ACR_PWD = 'urn:devicegate:test:pwd';
+const ACR_MFA = 'urn:devicegate:test:mfa';
 const clients = JSON.parse(process.env.IDP_CLIENTS || '[]').map((c) => ({
   client_id: c.client_id,
   ...(c.client_secret
@@ -47,11 +53,12 @@ const provider = new Provider(issuer, {
   clients,
   cookies: { keys: ['devicegate-test-cookie-key'] },
   claims: {
-    openid: ['sub'],
+    openid: ['sub', 'groups'],
     profile: ['name'],
     email: ['email', 'email_verified'],
   },
   scopes: ['openid', 'offline_access', 'profile', 'email'],
+  acrValues: [ACR_PWD, ACR_MFA],
   features: { devInteractions: { enabled: true }, deviceFlow: { enabled: deviceFlow } },
   ...(deviceFlow ? { adapter: await bigMemoryAdapter() } : {}),
   pkce: { required: () => true },
@@ -59,7 +66,10 @@ const provider = new Provider(issuer, {
     return {
       accountId: sub,
       async claims() {
-        return { sub, name: `User ${sub}`, email: `${sub}@example.test`, email_verified: true };
+        const groups = sub.startsWith('admin') ? ['staff', 'tv-admins'] : ['staff'];
+        return {
+          sub, name: `User ${sub}`, email: `${sub}@example.test`, email_verified: true, groups,
+        };
       },
     };
   },
@@ -95,6 +105,29 @@ const provider = new Provider(issuer, {
 });
 // The gateway in front sets X-Forwarded-Proto.
 provider.proxy = true;
+// The development login page's submission, finished here with an `acr` (the built-in handler
+// records none): how strongly the account authenticated depends on its name (see above).
+provider.use(async (ctx, next) => {
+  if (ctx.method !== 'POST' || !/^\/interaction\/[^/]+$/.test(ctx.path)) {
+    return next();
+  }
+  const chunks = [];
+  for await (const chunk of ctx.req) chunks.push(chunk);
+  const body = Buffer.concat(chunks).toString();
+  const form = new URLSearchParams(body);
+  if (form.get('prompt') !== 'login') {
+    // Hand the body on to oidc-provider's own handler.
+    ctx.req.body = body;
+    return next();
+  }
+  const accountId = form.get('login') || 'alice';
+  const acr = accountId.startsWith('mfa') ? ACR_MFA : ACR_PWD;
+  await provider.interactionFinished(ctx.req, ctx.res, { login: { accountId, acr } }, {
+    mergeWithLastSubmission: false,
+  });
+  ctx.respond = false;
+  return undefined;
+});
 provider.on('server_error', (ctx, err) => console.error('IdP server_error', err));
 
 const server = provider.listen(port, '127.0.0.1', () => {

@@ -34,6 +34,9 @@
 //   IDP_LAYOUT   keycloak (default) | flat
 //   IDP_OMIT     comma-separated discovery keys to leave out, e.g. end_session_endpoint
 //   IDP_LOGIN    approve (default) | deny
+//   IDP_SESSION_AGE  seconds since the user's single sign-on session began (default 0): the
+//                authorization endpoint reuses that session whatever `max_age` asks, as an IdP
+//                that does not implement max_age does, so ID tokens state that old auth_time
 //
 // Prints one line `IDP_READY <port>` when it listens; logs one line per request on stderr.
 //
@@ -68,6 +71,8 @@ const layout = process.env.IDP_LAYOUT || 'keycloak';
 if (!['keycloak', 'flat'].includes(layout)) fail('IDP_LAYOUT must be keycloak or flat');
 const omit = (process.env.IDP_OMIT || '').split(',').map((s) => s.trim()).filter(Boolean);
 const login = process.env.IDP_LOGIN || 'approve';
+const sessionAge = Number(process.env.IDP_SESSION_AGE || 0);
+if (!Number.isInteger(sessionAge) || sessionAge < 0) fail('IDP_SESSION_AGE must be a number of seconds');
 if (!['approve', 'deny'].includes(login)) fail('IDP_LOGIN must be approve or deny');
 const clients = new Map(JSON.parse(process.env.IDP_CLIENTS || '[]').map((c) => [c.client_id, c]));
 
@@ -182,7 +187,7 @@ function authorize(req, res, q) {
     nonce: q.get('nonce') || undefined,
     challenge,
     sid: randomUUID(),
-    auth_time: now(),
+    auth_time: now() - sessionAge,
   };
   return false;
 }
