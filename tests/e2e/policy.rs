@@ -553,3 +553,65 @@ async fn every_language_with_its_direction_and_the_education_line() {
         }
     }
 }
+
+#[test]
+fn check_names_every_policy_mistake_and_prints_each_clients_policy() {
+    let bin = env!("CARGO_BIN_EXE_devicegate");
+    let dir = tempfile::tempdir().unwrap();
+    let head = "listen: 127.0.0.1:1\npublic_url: http://localhost:1\nupstream:\n  address: 127.0.0.1:1\n  issuer: http://localhost:1\n";
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!("{head}policy:\n  proximity: nearby\nclients:\n  - client_id: tv\n    device_networks: [10.0.0.300/8]\n    require_claims:\n      groups: []\n    max_pending: 0\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["--check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "policy.proximity: unknown mode 'nearby', expected: off, warn or require",
+        "clients[0].device_networks[0]:",
+        "clients[0].require_claims.groups:",
+        "clients[0].max_pending:",
+    ] {
+        assert!(err.contains(key), "no error for {key}: {err}");
+    }
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!("{head}policy:\n  refresh_tokens: false\nclients:\n  - client_id: tv\n  - client_id: kiosk\n    proximity: require\n    approver_networks: [10.0.0.0/8]\n    acr_values: [urn:mfa]\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["--check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let kiosk = stdout
+        .split("client kiosk:")
+        .nth(1)
+        .unwrap()
+        .split("client tv:")
+        .next()
+        .unwrap();
+    for line in [
+        "approver_networks: 10.0.0.0/8",
+        "proximity: require (IPv4 /24, IPv6 /64)",
+        "acr_values: urn:mfa",
+        "refresh_tokens: false",
+    ] {
+        assert!(kiosk.contains(line), "{line} in {stdout}");
+    }
+    let tv = stdout.split("client tv:").nth(1).unwrap();
+    assert!(
+        tv.contains("proximity: warn") && tv.contains("refresh_tokens: false"),
+        "{stdout}"
+    );
+}
