@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::browser::BrowserKeys;
 use super::events::{Audit, By, Event, Fact};
 use super::verification::refusal_page;
-use super::{policy, Gateway, Reply, Request};
+use super::{Gateway, Reply, Request};
 use crate::device::code::random_token;
 use crate::device::service::BrowserError;
 use crate::device::{Grant, Key, Login, Status};
@@ -56,12 +56,11 @@ impl Gateway {
             return self.refuse_disabled_client(t, user_code, now).await;
         };
         // The network rules again: this request may come from elsewhere than the code entry.
-        if let Some((rule, page)) = policy::browser_refusal(&client.policy, &grant, req.client_ip) {
-            let reason =
-                format!("the approval came from a network the client's {rule} rule refuses");
-            return self
-                .deny_by_policy(t, &grant, rule, page, |g| g.deny(&reason, now))
-                .await;
+        if let Some(refused) = self
+            .network_refusal(t, &client.policy, &grant, req.client_ip, now)
+            .await
+        {
+            return refused;
         }
         let state = format!("{}.{}", grant.id, login.state_secret);
         let url = self.oidc.authorize_url(
@@ -240,12 +239,11 @@ impl Gateway {
                 .await;
             return self.disabled_client_page(t, denied);
         };
-        if let Some((rule, page)) = policy::browser_refusal(&client.policy, &grant, req.client_ip) {
-            let reason =
-                format!("the approval came from a network the client's {rule} rule refuses");
-            return self
-                .deny_by_policy(t, &grant, rule, page, fail(reason.clone(), false))
-                .await;
+        if let Some(refused) = self
+            .network_refusal(t, &client.policy, &grant, req.client_ip, now)
+            .await
+        {
+            return refused;
         }
         if let Some(err) = q.get("error") {
             let reason = format!("the identity provider refused the login: {err}");

@@ -50,6 +50,24 @@ pub(super) fn warn_far(policy: &Policy, grant: &Grant, browser: Option<IpAddr>) 
 }
 
 impl Gateway {
+    /// The network rules for a browser at `browser` on this grant: `None` when they pass, else
+    /// the grant is denied and the reply says why.
+    pub(super) async fn network_refusal(
+        &self,
+        t: &Catalog,
+        policy: &Policy,
+        grant: &Grant,
+        browser: Option<IpAddr>,
+        now: u64,
+    ) -> Option<Reply> {
+        let (rule, page) = browser_refusal(policy, grant, browser)?;
+        let reason = format!("the approval came from a network the client's {rule} rule refuses");
+        Some(
+            self.deny_by_policy(t, grant, rule, page, |g| g.deny(&reason, now))
+                .await,
+        )
+    }
+
     /// A policy rule refused the browser: deny the grant with `deny` (a transition), and show
     /// `page`. Audited as `denied` with `by=policy` once the store has denied it.
     pub(super) async fn deny_by_policy(

@@ -144,9 +144,21 @@ impl Harness {
     }
 
     async fn post(&self, target: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        self.post_from("127.0.0.1", target, headers, body).await
+    }
+
+    async fn post_from(
+        &self,
+        ip: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
         let mut all = vec![FORM];
         all.extend_from_slice(headers);
-        self.send("POST", target, &all, body).await.unwrap()
+        self.send_from(ip, "POST", target, &all, body)
+            .await
+            .unwrap()
     }
 
     /// A device authorization for `tv-app`: (device code, canonical user code).
@@ -182,8 +194,14 @@ impl Harness {
 
     /// Enters a code in a browser session: the consent reply and its CSRF token.
     async fn enter(&self, cookie: &str, user_code: &str) -> (Reply, String) {
+        self.enter_from("127.0.0.1", cookie, user_code).await
+    }
+
+    /// [`Self::enter`] from the browser address `ip`.
+    async fn enter_from(&self, ip: &str, cookie: &str, user_code: &str) -> (Reply, String) {
         let r = self
-            .post(
+            .post_from(
+                ip,
                 "/device",
                 &[("cookie", cookie)],
                 &format!("user_code={user_code}"),
@@ -202,7 +220,21 @@ impl Harness {
     }
 
     async fn act(&self, cookie: &str, user_code: &str, csrf: &str, action: &str) -> Reply {
-        self.post(
+        self.act_from("127.0.0.1", cookie, user_code, csrf, action)
+            .await
+    }
+
+    /// [`Self::act`] from the browser address `ip`.
+    async fn act_from(
+        &self,
+        ip: &str,
+        cookie: &str,
+        user_code: &str,
+        csrf: &str,
+        action: &str,
+    ) -> Reply {
+        self.post_from(
+            ip,
             "/device",
             &[("cookie", cookie)],
             &format!("user_code={user_code}&csrf={csrf}&action={action}"),

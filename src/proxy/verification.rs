@@ -210,12 +210,11 @@ impl Gateway {
         let Some(client) = self.enabled_client(&grant.client_id) else {
             return self.refuse_disabled_client(t, user_code, now).await;
         };
-        if let Some((rule, page)) = policy::browser_refusal(&client.policy, &grant, req.client_ip) {
-            let reason =
-                format!("the approval came from a network the client's {rule} rule refuses");
-            return self
-                .deny_by_policy(t, &grant, rule, page, |g| g.deny(&reason, now))
-                .await;
+        if let Some(refused) = self
+            .network_refusal(t, &client.policy, &grant, req.client_ip, now)
+            .await
+        {
+            return refused;
         }
         let shown = display_user_code(user_code);
         let csrf = keys.csrf_token(browser, user_code);

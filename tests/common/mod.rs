@@ -607,6 +607,20 @@ fn start_idp(opts: &Options, issuer: &str, gateway: &str, port: u16) -> (Proc, u
     (proc, port)
 }
 
+/// A device authorization of the public client `tv-app` (scope `openid`) sent with `http` to
+/// `base`, with an `X-Forwarded-For` if given: (status, body).
+pub async fn device_request(http: &reqwest::Client, base: &str, xff: Option<&str>) -> (u16, Value) {
+    let mut req = http
+        .post(format!("{base}/device/code"))
+        .form(&[("client_id", "tv-app"), ("scope", "openid")]);
+    if let Some(v) = xff {
+        req = req.header("x-forwarded-for", v);
+    }
+    let resp = req.send().await.expect("request to the gateway");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 /// The claims of a JWT (not verified: for looking at what the IdP put in a token).
 pub fn id_token_claims(jwt: &str) -> Value {
     use base64::Engine;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{browser, client_from, s, start_nginx, Env, Gate, Idp, Options};
+use crate::common::{
+    browser, client_from, device_request, s, start_nginx, Env, Gate, Idp, Options,
+};
 
 /// The audit events of a JSON gateway log.
 fn audit_events(env: &Env) -> Vec<Value> {
@@ -16,19 +18,6 @@ fn audit_events(env: &Env) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["target"] == "audit")
         .collect()
-}
-
-/// A device authorization of `tv-app` from `http` at `base`: (status, body).
-async fn device_request(http: &reqwest::Client, base: &str, xff: Option<&str>) -> (u16, Value) {
-    let mut req = http
-        .post(format!("{base}/device/code"))
-        .form(&[("client_id", "tv-app"), ("scope", "openid")]);
-    if let Some(v) = xff {
-        req = req.header("x-forwarded-for", v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// The browser enters `dev`'s code by hand and does `action` (the IdP login as `username`).

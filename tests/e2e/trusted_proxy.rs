@@ -5,14 +5,9 @@ use serde_json::Value;
 
 use crate::common::{client_from, s, start_nginx, Env, Options};
 
+/// The status of a device authorization through `base`.
 async fn device_request(http: &reqwest::Client, base: &str, xff: Option<&str>) -> u16 {
-    let mut req = http
-        .post(format!("{base}/device/code"))
-        .form(&[("client_id", "tv-app")]);
-    if let Some(v) = xff {
-        req = req.header("x-forwarded-for", v);
-    }
-    req.send().await.unwrap().status().as_u16()
+    crate::common::device_request(http, base, xff).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

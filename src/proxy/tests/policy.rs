@@ -21,20 +21,6 @@ fn policy_config(lines: &str) -> String {
 }
 
 impl Harness {
-    async fn post_from(
-        &self,
-        ip: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> Reply {
-        let mut all = vec![FORM];
-        all.extend_from_slice(headers);
-        self.send_from(ip, "POST", target, &all, body)
-            .await
-            .unwrap()
-    }
-
     /// A device authorization from `ip`: (device code, user code), or the refusal.
     async fn authorize_from(&self, ip: &str, scope: &str) -> Result<(String, String), Reply> {
         let r = self
@@ -51,20 +37,6 @@ impl Harness {
         let v = json(&r);
         let user_code = v["user_code"].as_str().unwrap().replace('-', "");
         Ok((v["device_code"].as_str().unwrap().to_string(), user_code))
-    }
-
-    /// The code entered on the verification page from `ip`.
-    async fn enter_from(&self, ip: &str, cookie: &str, user_code: &str) -> (Reply, String) {
-        let r = self
-            .post_from(
-                ip,
-                "/device",
-                &[("cookie", cookie)],
-                &format!("user_code={user_code}"),
-            )
-            .await;
-        let csrf = csrf_of(&r);
-        (r, csrf)
     }
 }
 
@@ -148,12 +120,7 @@ async fn approver_networks_deny_the_grant_entered_from_elsewhere() {
     // Approve pressed from outside (another address than the code entry): refused too.
     learn_discovery(&h).await;
     let r = h
-        .post_from(
-            "203.0.113.7",
-            "/device",
-            &[("cookie", &cookie)],
-            &format!("user_code={user_code}&csrf={csrf}&action=approve"),
-        )
+        .act_from("203.0.113.7", &cookie, &user_code, &csrf, "approve")
         .await;
     assert_eq!(r.status, 403, "{}", text(&r));
     assert_eq!(events(&r), [Event::Denied(By::Policy("approver_networks"))]);
@@ -180,12 +147,7 @@ async fn proximity_require_denies_a_browser_on_another_network() {
     // Approve from elsewhere after the code was entered nearby: refused.
     learn_discovery(&h).await;
     let r = h
-        .post_from(
-            "198.51.100.20",
-            "/device",
-            &[("cookie", &cookie)],
-            &format!("user_code={user_code}&csrf={csrf}&action=approve"),
-        )
+        .act_from("198.51.100.20", &cookie, &user_code, &csrf, "approve")
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(events(&r), [Event::Denied(By::Policy("proximity"))]);
@@ -193,30 +155,16 @@ async fn proximity_require_denies_a_browser_on_another_network() {
     // The prefix lengths are the operator's: /16 makes 192.0.9.1 near 192.0.2.10.
     let h = with_policy("proximity: require\nproximity_ipv4_prefix: 16\nproximity_ipv6_prefix: 48");
     let (cookie, _) = h.browser().await;
-    let (_, user_code) = h.authorize_from("192.0.2.10", "openid").await.unwrap();
-    assert_eq!(
-        h.enter_from("192.0.9.1", &cookie, &user_code)
-            .await
-            .0
-            .status,
-        200
-    );
-    let (_, user_code) = h.authorize_from("2001:db8:1:2::1", "openid").await.unwrap();
-    assert_eq!(
-        h.enter_from("2001:db8:1:ffff::9", &cookie, &user_code)
-            .await
-            .0
-            .status,
-        200
-    );
-    let (_, user_code) = h.authorize_from("2001:db8:1:2::1", "openid").await.unwrap();
-    assert_eq!(
-        h.enter_from("2001:db8:2::9", &cookie, &user_code)
-            .await
-            .0
-            .status,
-        403
-    );
+    for (device, browser, status) in [
+        ("192.0.2.10", "192.0.9.1", 200),
+        ("192.0.2.10", "192.1.2.10", 403),
+        ("2001:db8:1:2::1", "2001:db8:1:ffff::9", 200),
+        ("2001:db8:1:2::1", "2001:db8:2::9", 403),
+    ] {
+        let (_, user_code) = h.authorize_from(device, "openid").await.unwrap();
+        let (r, _) = h.enter_from(browser, &cookie, &user_code).await;
+        assert_eq!(r.status, status, "{device} / {browser}");
+    }
 }
 
 #[tokio::test]
