@@ -8,7 +8,8 @@
 //! - [`proxy`]: the Pingora `ProxyHttp` glue: each request classified into one route, one
 //!   handler per endpoint returning a `Reply`, one writer, audit events and metrics derived
 //!   from the replies.
-//! - [`config`]: the YAML file and its validation into [`config::Config`].
+//! - [`config`]: the YAML file and its validation into [`config::Config`], with each client's
+//!   phishing-defence policy ([`config::Policy`]).
 //! - [`clock`]: the injected clock (`Time` values), so tests fix the time.
 //! - [`device`]: the RFC 8628 core (codes, grant state machine, `Store` and its backends), with
 //!   no HTTP in it and time passed in as a parameter.

@@ -44,12 +44,6 @@ fn network(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Whether two addresses are on the same coarse network ([`network`]). Used to warn on the
-/// consent page when a device asked from somewhere else than the browser approving it.
-pub fn same_network(a: IpAddr, b: IpAddr) -> bool {
-    network(a) == network(b)
-}
-
 /// The network an address belongs to, for per-network shares: its IPv4 /24 or IPv6 /64.
 pub fn network_key(ip: Option<IpAddr>) -> String {
     match ip.map(network) {
@@ -231,20 +225,6 @@ impl Limits {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn networks() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(same_network(ip("192.0.2.1"), ip("192.0.2.200")));
-        assert!(!same_network(ip("192.0.2.1"), ip("192.0.3.1")));
-        assert!(same_network(ip("::ffff:192.0.2.1"), ip("192.0.2.9")));
-        assert!(same_network(
-            ip("2001:db8:1:2::1"),
-            ip("2001:db8:1:2:ffff::9")
-        ));
-        assert!(!same_network(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1")));
-        assert!(!same_network(ip("2001:db8::1"), ip("192.0.2.1")));
-    }
-
     use super::*;
     use crate::device::memory::MemoryStore;
 

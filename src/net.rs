@@ -190,6 +190,28 @@ mod tests {
     }
 
     #[test]
+    fn same_prefix_compares_the_first_bits_of_one_family() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let same = |a: &str, b: &str| same_prefix(ip(a), ip(b), 24, 64);
+        assert!(same("192.0.2.1", "192.0.2.200"));
+        assert!(!same("192.0.2.1", "192.0.3.1"));
+        assert!(same("::ffff:192.0.2.1", "192.0.2.9"));
+        assert!(same("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"));
+        assert!(!same("2001:db8:1:2::1", "2001:db8:1:3::1"));
+        assert!(!same("2001:db8::1", "192.0.2.1"));
+        assert!(same_prefix(ip("10.1.0.1"), ip("10.1.255.9"), 16, 64));
+        assert!(!same_prefix(ip("10.1.0.1"), ip("10.2.0.1"), 16, 64));
+        assert!(same_prefix(
+            ip("2001:db8:1::1"),
+            ip("2001:db8:1:ff::1"),
+            24,
+            48
+        ));
+        assert!(same_prefix(ip("10.0.0.1"), ip("10.0.0.1"), 32, 128));
+        assert!(!same_prefix(ip("10.0.0.1"), ip("10.0.0.2"), 32, 128));
+    }
+
+    #[test]
     fn blocks() {
         let c = Cidr::parse("10.0.0.0/8").unwrap();
         assert!(c.contains(ip("10.200.1.1")) && !c.contains(ip("11.0.0.1")));

@@ -43,10 +43,11 @@ pub(super) fn browser_refusal(
 
 /// Whether the consent page warns that the device is elsewhere (`proximity: warn`).
 pub(super) fn warn_far(policy: &Policy, grant: &Grant, browser: Option<IpAddr>) -> bool {
+    let device = device_ip(grant);
     policy.proximity == Proximity::Warn
-        && device_ip(grant).is_some()
+        && device.is_some()
         && browser.is_some()
-        && !policy.near(device_ip(grant), browser)
+        && !policy.near(device, browser)
 }
 
 impl Gateway {
