@@ -87,6 +87,9 @@ pub struct Oidc {
     /// When the last discovery fetch failed, if it did.
     last_failure: std::sync::Mutex<Option<Instant>>,
     jwks: RwLock<Option<(Arc<CoreJsonWebKeySet>, Instant)>>,
+    /// The origin of the loaded discovery's authorization endpoint, readable without waiting:
+    /// the verification page lets its form lead there (CSP `form-action`).
+    login_origin: std::sync::RwLock<Option<String>>,
 }
 
 /// The verified result of a login.
@@ -130,6 +133,7 @@ impl Oidc {
             warming: std::sync::atomic::AtomicBool::new(false),
             last_failure: std::sync::Mutex::new(None),
             jwks: RwLock::new(None),
+            login_origin: std::sync::RwLock::new(None),
         })
     }
 
@@ -291,6 +295,16 @@ impl Oidc {
         });
     }
 
+    /// The origin of the IdP's authorization endpoint, once discovery has loaded: where the
+    /// browser goes to log in. Some IdPs (AWS Cognito) serve it from another origin than the
+    /// issuer's.
+    pub fn login_origin(&self) -> Option<String> {
+        self.login_origin
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The discovery already loaded (possibly stale), without fetching.
     pub async fn cached_discovery(&self) -> Option<Arc<Discovery>> {
         self.discovery.read().await.clone()
@@ -348,6 +362,11 @@ impl Oidc {
             basic_auth,
             fetched: Instant::now(),
         });
+        *self
+            .login_origin
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(d.authorization_endpoint.origin().ascii_serialization());
         *self.discovery.write().await = Some(d.clone());
         Ok(d)
     }

@@ -86,11 +86,71 @@ pub struct Gateway {
     /// `X-Forwarded-Host` for pass-through requests: the host the IdP is reached as (the
     /// public origin's, or on its own origin the IdP's).
     forwarded_host: HeaderValue,
-    /// The security headers of every page, built once (the CSP names the IdP's origin as a
-    /// form target and the logos' origins as image sources).
-    page_headers: Vec<(&'static str, HeaderValue)>,
+    /// The security headers of every page, built once, and again only if discovery names a
+    /// login origin elsewhere (the CSP names the IdP's origins as form targets and the logos'
+    /// origins as image sources).
+    page_headers: PageHeaders,
     /// The same for the redirect to the IdP's login.
     redirect_headers: Vec<(&'static str, HeaderValue)>,
+}
+
+/// The pages' security headers. The CSP's `form-action` must let the consent form's redirect
+/// reach the IdP's authorization endpoint (Chromium checks the redirect too), which is on the
+/// issuer's origin except at IdPs such as AWS Cognito, whose login is on another origin that
+/// only discovery names.
+/// Header pairs ready to send.
+type Headers = Arc<Vec<(&'static str, HeaderValue)>>;
+
+struct PageHeaders {
+    form_action: String,
+    img_src: String,
+    /// The headers for a login origin (the last one discovery named), shared by every page.
+    current: std::sync::RwLock<(Option<String>, Headers)>,
+}
+
+impl PageHeaders {
+    fn new(form_action: String, img_src: String) -> Result<Self, String> {
+        let headers = header_values(pages::security_headers(&form_action, &img_src))?;
+        Ok(Self {
+            form_action,
+            img_src,
+            current: std::sync::RwLock::new((None, Arc::new(headers))),
+        })
+    }
+
+    /// The headers when the IdP's login is at `login_origin` (known once discovery loaded).
+    fn get(&self, login_origin: Option<String>) -> Headers {
+        let read = |c: &Self| {
+            c.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        };
+        let (origin, headers) = read(self);
+        let named = |o: &str| self.form_action.split(' ').any(|x| x == o);
+        if origin == login_origin || login_origin.as_deref().is_none_or(named) {
+            return headers;
+        }
+        let form_action = format!(
+            "{} {}",
+            self.form_action,
+            login_origin.as_deref().unwrap_or_default()
+        );
+        match header_values(pages::security_headers(&form_action, &self.img_src)) {
+            Ok(h) => {
+                let h = Arc::new(h);
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = (login_origin, h.clone());
+                h
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the IdP's login origin cannot be named in the CSP");
+                headers
+            }
+        }
+    }
 }
 
 /// Per-request state: filled once at the start of `request_filter`.
@@ -171,7 +231,7 @@ impl Gateway {
             forwarded_host,
             routes: Routes::new(&config.device, config.upstream.issuer.path()),
             browsers: Browsers::new(secure, config.device.expires_in + EXPIRED_GRACE_SECS),
-            page_headers: header_values(pages::security_headers(&form_action, &img_src))?,
+            page_headers: PageHeaders::new(form_action, img_src)?,
             redirect_headers: header_values(pages::security_headers("'none'", "'none'"))?,
             forwarded_proto: HeaderValue::from_static(if secure { "https" } else { "http" }),
             own_origin,
@@ -332,7 +392,8 @@ impl Gateway {
     /// A page rendered in `t`'s language.
     fn page(&self, t: &Catalog, status: u16, html: String) -> Reply {
         let mut reply = Reply::new(status, html);
-        reply.headers.extend(self.page_headers.iter().cloned());
+        let headers = self.page_headers.get(self.oidc.login_origin());
+        reply.headers.extend(headers.iter().cloned());
         reply
             .header(
                 "Content-Type",

@@ -805,6 +805,40 @@ async fn page_headers_are_built_once_not_per_page() {
     assert_eq!(csp(&a), csp(&b));
 }
 
+#[tokio::test]
+async fn the_pages_let_their_form_reach_a_login_on_another_origin() {
+    // AWS Cognito's layout: the issuer on one origin, the authorization endpoint on another.
+    let h = harness();
+    let csp = |r: &Reply| {
+        r.header_value("content-security-policy")
+            .unwrap()
+            .to_string()
+    };
+    let before = csp(&h.send("GET", "/device", &[], "").await.unwrap());
+    assert!(
+        before.contains("form-action 'self' http://gw.test;"),
+        "{before}"
+    );
+    let doc = r#"{"issuer":"http://gw.test","authorization_endpoint":"https://login.example.test/oauth2/authorize","token_endpoint":"https://login.example.test/oauth2/token","jwks_uri":"http://gw.test/jwks"}"#;
+    h.gw.oidc.learn_discovery(doc.as_bytes()).await.unwrap();
+    let a = h.send("GET", "/device", &[], "").await.unwrap();
+    let b = h.send("GET", "/device", &[], "").await.unwrap();
+    assert!(
+        csp(&a).contains("form-action 'self' http://gw.test https://login.example.test;"),
+        "{}",
+        csp(&a)
+    );
+    // Built once for that origin, then shared.
+    let ptr = |r: &Reply| {
+        r.headers
+            .iter()
+            .find(|(k, _)| *k == "Content-Security-Policy")
+            .map(|(_, v)| v.as_bytes().as_ptr())
+            .unwrap()
+    };
+    assert_eq!(ptr(&a), ptr(&b));
+}
+
 // ---------------------------------------------------------------------------------------------
 // A callback whose code exchange succeeds, against a minimal IdP on loopback.
 
