@@ -92,6 +92,8 @@ pub struct Gateway {
     page_headers: PageHeaders,
     /// The same for the redirect to the IdP's login.
     redirect_headers: Vec<(&'static str, HeaderValue)>,
+    /// Resolved relay origins ([`Relay`]), by origin, with when they were resolved.
+    relays: tokio::sync::Mutex<std::collections::HashMap<String, (Arc<Relay>, std::time::Instant)>>,
 }
 
 /// The pages' security headers. The CSP's `form-action` must let the consent form's redirect
@@ -158,7 +160,25 @@ pub struct RequestCtx {
     route: Route,
     client_ip: Option<IpAddr>,
     now: Time,
+    /// Where a relayed request goes instead of `upstream.address` (see [`Relay`]).
+    relay: Option<Arc<Relay>>,
 }
+
+/// Another origin a relayed request must reach: on its own origin the gateway advertises the
+/// IdP's token endpoint path on itself, and when the IdP serves that endpoint from another
+/// origin than its issuer's (AWS Cognito: the hosted-UI domain), refresh and other grants sent
+/// there go to that origin, not to `upstream.address`.
+#[derive(Debug)]
+pub struct Relay {
+    addr: std::net::SocketAddr,
+    tls: bool,
+    sni: String,
+    /// `Host` and `X-Forwarded-Host` upstream.
+    authority: HeaderValue,
+}
+
+/// How long a relay origin's resolved address is reused.
+const RELAY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The IdP's token endpoint path, where the gateway answers device-code polls.
 enum TokenPath<'a> {
@@ -235,6 +255,7 @@ impl Gateway {
             redirect_headers: header_values(pages::security_headers("'none'", "'none'"))?,
             forwarded_proto: HeaderValue::from_static(if secure { "https" } else { "http" }),
             own_origin,
+            relays: Default::default(),
             device,
             oidc,
             pages,
@@ -260,6 +281,52 @@ impl Gateway {
             Some(id) if self.config.clients.contains_key(id) => id.to_string(),
             _ => "unknown".into(),
         }
+    }
+
+    /// Where a request of `route` that is relayed goes, when not to `upstream.address`: on
+    /// its own origin, a request to the token path goes to the origin the IdP's token endpoint
+    /// really has. A relay origin that cannot be resolved is a 502 answer.
+    async fn token_relay(&self, route: &Route) -> Result<Option<Arc<Relay>>, Reply> {
+        if *route != Route::Token || self.own_origin.is_none() {
+            return Ok(None);
+        }
+        let Some(disc) = self.oidc.cached_discovery().await else {
+            return Ok(None);
+        };
+        let token = &disc.token_endpoint;
+        if token.origin() == self.config.upstream.issuer.origin() {
+            return Ok(None);
+        }
+        let origin = token.origin().ascii_serialization();
+        let mut relays = self.relays.lock().await;
+        if let Some((relay, at)) = relays.get(&origin) {
+            if at.elapsed() < RELAY_TTL {
+                return Ok(Some(relay.clone()));
+            }
+        }
+        let host = token.host_str().unwrap_or_default().to_string();
+        let port = token.port_or_known_default().unwrap_or(443);
+        let lookup = tokio::net::lookup_host((host.trim_matches(['[', ']']), port));
+        let addr = match tokio::time::timeout(self.config.upstream.timeout, lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        let authority = HeaderValue::try_from(authority(token)).ok();
+        let (Some(addr), Some(authority)) = (addr, authority) else {
+            tracing::warn!(origin, "the IdP's token endpoint cannot be resolved");
+            let e = crate::error::OAuthError::TemporarilyUnavailable(
+                "the identity provider's token endpoint is unreachable".into(),
+            );
+            return Err(Reply::oauth_error_as(502, &e));
+        };
+        let relay = Arc::new(Relay {
+            addr,
+            tls: token.scheme() == "https",
+            sni: host.trim_matches(['[', ']']).to_string(),
+            authority,
+        });
+        relays.insert(origin, (relay.clone(), std::time::Instant::now()));
+        Ok(Some(relay))
     }
 
     /// A configured client that is not switched off.
@@ -474,6 +541,7 @@ impl ProxyHttp for Gateway {
             route: Route::PassThrough,
             client_ip: None,
             now: Time::from_millis(0),
+            relay: None,
         }
     }
 
@@ -508,7 +576,13 @@ impl ProxyHttp for Gateway {
                         };
                         match self.respond(&route, &req).await {
                             Some(reply) => reply,
-                            None => return Ok(false),
+                            None => match self.token_relay(&route).await {
+                                Ok(relay) => {
+                                    ctx.relay = relay;
+                                    return Ok(false);
+                                }
+                                Err(reply) => reply,
+                            },
                         }
                     }
                 }
@@ -522,10 +596,13 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let up = &self.config.upstream;
-        let mut peer = HttpPeer::new(up.addr, up.tls, up.sni.clone());
+        let mut peer = match &ctx.relay {
+            Some(r) => HttpPeer::new(r.addr, r.tls, r.sni.clone()),
+            None => HttpPeer::new(up.addr, up.tls, up.sni.clone()),
+        };
         peer.options.connection_timeout = Some(up.timeout);
         peer.options.total_connection_timeout = Some(up.timeout);
         peer.options.read_timeout = Some(up.timeout);
@@ -552,6 +629,11 @@ impl ProxyHttp for Gateway {
         }
         // The gateway is the public origin: the scheme and host clients used are public_url's.
         upstream_request.insert_header("X-Forwarded-Proto", self.forwarded_proto.clone())?;
+        if let Some(relay) = &ctx.relay {
+            upstream_request.insert_header("X-Forwarded-Host", relay.authority.clone())?;
+            upstream_request.insert_header("Host", relay.authority.clone())?;
+            return Ok(());
+        }
         upstream_request.insert_header("X-Forwarded-Host", self.forwarded_host.clone())?;
         if let Some((_, idp_authority)) = &self.own_origin {
             // On its own origin the gateway is not the IdP's public name: ask for the IdP's.

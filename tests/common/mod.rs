@@ -90,6 +90,9 @@ pub struct Options {
     /// The IdP on its own origin (its own port and issuer) and the gateway on another, instead
     /// of the gateway at the issuer's origin.
     pub own_origin: bool,
+    /// With `own_origin`: AWS Cognito's layout, the IdP's endpoints on a second origin
+    /// (`Env::endpoints_url`), its issuer origin keeping discovery and the JWKS.
+    pub cognito_layout: bool,
 }
 
 /// The upstream identity provider of a test.
@@ -124,6 +127,7 @@ impl Default for Options {
             idp: Idp::OidcProvider,
             idp_session_age: 0,
             own_origin: false,
+            cognito_layout: false,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct Env {
     pub admin_url: Option<String>,
     /// The TLS listener's port when `Options::listen_tls` is set.
     pub tls_port: Option<u16>,
+    /// The IdP's endpoints' origin when `Options::cognito_layout` is set.
+    pub endpoints_url: Option<String>,
     pub dir: tempfile::TempDir,
     pub redis: Option<Redis>,
     pub port: u16,
@@ -193,6 +199,7 @@ impl Env {
             Idp::Keycloakish(_) => "/realms/demo",
         };
         let own_port = opts.own_origin.then(free_port);
+        let endpoints_port = opts.cognito_layout.then(free_port);
         let issuer = match own_port {
             Some(p) => format!("http://127.0.0.1:{p}{issuer_path}"),
             None => format!("{url}{issuer_path}"),
@@ -202,7 +209,8 @@ impl Env {
         } else if opts.idp_down {
             (None, free_port())
         } else {
-            let (p, idp_port) = start_idp(&opts, &issuer, &url, own_port.unwrap_or(0));
+            let (p, idp_port) =
+                start_idp(&opts, &issuer, &url, own_port.unwrap_or(0), endpoints_port);
             (Some(p), idp_port)
         };
         let redis = opts.redis.then(Redis::start);
@@ -298,6 +306,7 @@ store:
         );
         let mut env = Env {
             admin_url: admin_port.map(|p| format!("http://127.0.0.1:{p}")),
+            endpoints_url: endpoints_port.map(|p| format!("http://127.0.0.1:{p}")),
             tls_port,
             gate: Gate {
                 url,
@@ -559,7 +568,13 @@ impl Gate {
 /// Starts the IdP with issuer `issuer`; returns it and its port.
 /// Starts the IdP with `issuer`, the test clients registered with the gateway's callback, on
 /// `port` (0: any).
-fn start_idp(opts: &Options, issuer: &str, gateway: &str, port: u16) -> (Proc, u16) {
+fn start_idp(
+    opts: &Options,
+    issuer: &str,
+    gateway: &str,
+    port: u16,
+    endpoints_port: Option<u16>,
+) -> (Proc, u16) {
     let kind = opts.idp;
     let callback = format!("{gateway}/device/callback");
     let clients = json!([
@@ -584,6 +599,10 @@ fn start_idp(opts: &Options, issuer: &str, gateway: &str, port: u16) -> (Proc, u
         .env("IDP_PORT", port.to_string())
         .env("IDP_ALG", alg)
         .env("IDP_SESSION_AGE", opts.idp_session_age.to_string())
+        .env(
+            "IDP_ENDPOINTS_PORT",
+            endpoints_port.map(|p| p.to_string()).unwrap_or_default(),
+        )
         .env("IDP_CLIENTS", clients.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -300,3 +300,81 @@ async fn request_shapes_of_other_ecosystems() {
         .await;
     assert_eq!(status, 400);
 }
+
+/// AWS Cognito's layout: the issuer's origin has discovery and the JWKS, every endpoint is on a
+/// second origin (the hosted UI), and the gateway has its own origin. The browser's login, the
+/// back channel and a refresh sent to the gateway each reach the origin the endpoint really
+/// has (the IdP answers 404 for those paths on its issuer's origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_on_another_origin_than_the_issuer_like_cognito() {
+    let env = Env::start(Options {
+        own_origin: true,
+        cognito_layout: true,
+        ..Options::default()
+    })
+    .await;
+    let endpoints = env.endpoints_url.clone().unwrap();
+    let disc: Value = env
+        .get("/.well-known/openid-configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let issuer = s(&disc["issuer"]).to_string();
+    assert_eq!(s(&disc["token_endpoint"]), format!("{}/token", env.url));
+    assert_eq!(
+        s(&disc["authorization_endpoint"]),
+        format!("{endpoints}/auth")
+    );
+    assert!(s(&disc["jwks_uri"]).starts_with(&issuer), "{disc}");
+    let on_issuer = env
+        .http
+        .post(format!("{issuer}/token"))
+        .form(&[("grant_type", "refresh_token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        on_issuer.status(),
+        404,
+        "the fixture keeps the token endpoint off the issuer"
+    );
+
+    let dev = env
+        .authorize("tv-app", "openid profile offline_access")
+        .await;
+    let report = browser(json!({
+        "name": "cognito-layout",
+        "url": dev["verification_uri_complete"],
+        "action": "approve",
+        "username": "carmen",
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    assert!(
+        report["pages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| s(&p["url"]).starts_with(&endpoints)),
+        "{report}"
+    );
+    let (status, tokens) = env.poll("tv-app", s(&dev["device_code"])).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
+    // A refresh sent to the gateway's token endpoint reaches the IdP's real one.
+    let (status, refreshed) = env
+        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
+        .await;
+    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
+    assert!(refreshed["access_token"].is_string());
+    let me = env
+        .http
+        .get(s(&disc["userinfo_endpoint"]))
+        .bearer_auth(s(&refreshed["access_token"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), "carmen");
+}

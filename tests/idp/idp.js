@@ -6,6 +6,10 @@
 //   IDP_ISSUER   issuer URL (the gateway's public URL), e.g. http://localhost:8080
 //   IDP_PORT     port to listen on at 127.0.0.1 (0 = any free port)
 //   IDP_CLIENTS  JSON list of {client_id, client_secret?, redirect_uris}
+//   IDP_ENDPOINTS_PORT  a second port: AWS Cognito's layout. The issuer's origin keeps
+//                discovery and the JWKS; the authorization, token, userinfo, revocation and
+//                end-session endpoints are served on http://127.0.0.1:<this port> only (404 on
+//                the issuer's origin), and discovery names them there.
 //   IDP_DEVICE_FLOW  "1" turns on oidc-provider's own device flow (features.deviceFlow, endpoint
 //                /device/auth) and lets every client use the device_code grant, with a larger
 //                in-memory store (the default one keeps only 1000 entries, ~500 pending device
@@ -18,6 +22,7 @@
 //            `tv-admins` (a claim of the openid scope, served by userinfo)
 //   acr      a login whose name starts with `mfa` authenticates with ACR_MFA, any other with
 //            ACR_PWD (the ID token's `acr`, also when `acr_values` asks for another)
+import http from 'node:http';
 import Provider from 'oidc-provider';
 
 const issuer = process.env.IDP_ISSUER;
@@ -129,6 +134,33 @@ provider.use(async (ctx, next) => {
   return undefined;
 });
 provider.on('server_error', (ctx, err) => console.error('IdP server_error', err));
+
+// AWS Cognito's layout (IDP_ENDPOINTS_PORT): endpoints on a second origin.
+const endpointsPort = Number(process.env.IDP_ENDPOINTS_PORT || 0);
+if (endpointsPort) {
+  const endpointsOrigin = `http://127.0.0.1:${endpointsPort}`;
+  const moved = ['authorization_endpoint', 'token_endpoint', 'userinfo_endpoint',
+    'revocation_endpoint', 'end_session_endpoint', 'introspection_endpoint'];
+  const movedPaths = ['/auth', '/token', '/me', '/token/revocation', '/session/end', '/token/introspection'];
+  provider.use(async (ctx, next) => {
+    const onIssuer = ctx.request.socket.localPort !== endpointsPort;
+    if (onIssuer && movedPaths.some((p) => ctx.path === p || ctx.path.startsWith(`${p}/`))) {
+      ctx.status = 404;
+      ctx.body = { error: 'not_found', error_description: 'this IdP serves its endpoints on another origin' };
+      return;
+    }
+    await next();
+    if (ctx.path === '/.well-known/openid-configuration' && ctx.body && typeof ctx.body === 'object') {
+      for (const key of moved) {
+        if (typeof ctx.body[key] === 'string') {
+          const u = new URL(ctx.body[key]);
+          ctx.body[key] = `${endpointsOrigin}${u.pathname}`;
+        }
+      }
+    }
+  });
+  http.createServer(provider.callback()).listen(endpointsPort, '127.0.0.1');
+}
 
 const server = provider.listen(port, '127.0.0.1', () => {
   console.log(`IDP_READY ${server.address().port}`);
