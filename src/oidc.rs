@@ -216,6 +216,9 @@ impl Oidc {
 
     /// The issuer's discovery document URL (OpenID Connect Discovery §4).
     pub fn discovery_url(&self) -> Result<Url, UpstreamError> {
+        if let Some(url) = &self.config.upstream.discovery_url {
+            return Ok(url.clone());
+        }
         let issuer = self.config.upstream.issuer.as_str().trim_end_matches('/');
         Url::parse(&format!("{issuer}/.well-known/openid-configuration"))
             .map_err(|e| UpstreamError::Invalid(e.to_string()))

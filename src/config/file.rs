@@ -18,6 +18,9 @@ pub(super) struct FileUpstream {
     pub(super) token_path: Option<String>,
     /// PEM CA certificates to verify a TLS upstream with, instead of the system roots.
     pub(super) ca_file: Option<String>,
+    /// The OpenID Connect discovery document's URL when it is not `issuer` +
+    /// `/.well-known/openid-configuration` (Azure AD B2C: under the user flow's path).
+    pub(super) discovery_url: Option<String>,
 }
 
 /// The TLS listener (`listen_tls:`).

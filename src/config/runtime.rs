@@ -130,6 +130,9 @@ pub struct Upstream {
     pub token_path: Option<String>,
     /// CA file for a TLS upstream (pass-through and back channel), and its PEM content.
     pub ca_file: Option<(String, Vec<u8>)>,
+    /// Where the discovery document is, when not at the issuer's well-known path (Azure AD
+    /// B2C serves it under the user flow's path, while its issuer names the tenant's id).
+    pub discovery_url: Option<Url>,
 }
 
 impl Upstream {

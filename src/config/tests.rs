@@ -398,3 +398,30 @@ fn education_and_report_texts_are_checked_per_language() {
         Some("Nie teilen")
     );
 }
+
+#[test]
+fn a_discovery_url_elsewhere_is_a_url_or_an_error_naming_its_key() {
+    let at = |d: &str| {
+        GOOD.replace(
+            "  issuer: http://localhost:8080\n",
+            &format!("  issuer: http://localhost:8080\n  discovery_url: {d}\n"),
+        )
+    };
+    let c = Config::from_yaml(
+        &at("http://localhost:8080/t/B2C_1/v2.0/.well-known/openid-configuration"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(
+        c.upstream.discovery_url.unwrap().path(),
+        "/t/B2C_1/v2.0/.well-known/openid-configuration"
+    );
+    for bad in ["not a url", "ftp://x/y", "http://x/y#f"] {
+        let errs = errors(&at(&format!("\"{bad}\"")));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("upstream.discovery_url:")),
+            "{bad}: {errs:?}"
+        );
+    }
+}

@@ -101,6 +101,25 @@ pub(super) fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Up
         },
         None => None,
     };
+    let discovery_url = u.discovery_url.as_deref().and_then(|d| {
+        match Url::parse(d) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some()
+                    && url.fragment().is_none()
+                    && url.username().is_empty() =>
+            {
+                Some(url)
+            }
+            _ => {
+                errs.push(
+                    "upstream.discovery_url",
+                    format!("'{d}' must be an http(s) URL with a host and no fragment, e.g. https://t.b2clogin.com/t.onmicrosoft.com/B2C_1_signin/v2.0/.well-known/openid-configuration"),
+                );
+                None
+            }
+        }
+    });
     let (addr, issuer) = (addr?, issuer?);
     let sni = issuer.host_str().unwrap_or_default().to_string();
     Some(Upstream {
@@ -113,6 +132,7 @@ pub(super) fn validate_upstream(errs: &mut Errors, u: FileUpstream) -> Option<Up
         timeout: Duration::from_secs(u.timeout),
         token_path: u.token_path,
         ca_file,
+        discovery_url,
     })
 }
 

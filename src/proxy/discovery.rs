@@ -36,7 +36,19 @@ impl Gateway {
         let mut origin = self.config.upstream.issuer.clone();
         origin.set_path("");
         let origin = origin.as_str().trim_end_matches('/').to_string();
-        let Ok(url) = url::Url::parse(&format!("{origin}{path_and_query}")) else {
+        // The OpenID Connect document is where `upstream.discovery_url` says, when it says.
+        let configured = self.config.upstream.discovery_url.as_ref().filter(|_| oidc);
+        let target = match configured {
+            Some(d) => {
+                let mut d = d.clone();
+                if let Some(q) = req.head.uri.query() {
+                    d.set_query(Some(q));
+                }
+                Ok(d)
+            }
+            None => url::Url::parse(&format!("{origin}{path_and_query}")),
+        };
+        let Ok(url) = target else {
             let e = OAuthError::InvalidRequest("not a discovery URL".into());
             return Reply::oauth_error(&e);
         };
@@ -44,8 +56,7 @@ impl Gateway {
         if fetched.as_ref().is_ok_and(|r| r.status == 404) && !oidc {
             // An RFC 8414 path this IdP does not serve (Keycloak serves only one of the two):
             // answer with its OpenID Connect document, which has every field RFC 8414 needs.
-            let oidc_path = self.routes.oidc_discovery();
-            if let Ok(oidc_url) = url::Url::parse(&format!("{origin}{oidc_path}")) {
+            if let Ok(oidc_url) = self.oidc.discovery_url() {
                 fetched = self.oidc.get("discovery", &oidc_url).await;
             }
         }

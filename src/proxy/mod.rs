@@ -249,7 +249,11 @@ impl Gateway {
             .map_err(|e| format!("public_url's host as a header: {e}"))?;
         Ok(Self {
             forwarded_host,
-            routes: Routes::new(&config.device, config.upstream.issuer.path()),
+            routes: Routes::new(
+                &config.device,
+                config.upstream.issuer.path(),
+                config.upstream.discovery_url.as_ref().map(url::Url::path),
+            ),
             browsers: Browsers::new(secure, config.device.expires_in + EXPIRED_GRACE_SECS),
             page_headers: PageHeaders::new(form_action, img_src)?,
             redirect_headers: header_values(pages::security_headers("'none'", "'none'"))?,

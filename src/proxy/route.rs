@@ -82,24 +82,32 @@ pub struct Routes {
     qr: String,
     /// The OpenID Connect document's path first (see [`well_known_paths`]).
     discovery: Vec<String>,
+    /// How many of `discovery`'s first paths are the OpenID Connect document's.
+    oidc_paths: usize,
 }
 
 impl Routes {
-    pub fn new(device: &Device, issuer_path: &str) -> Self {
+    /// `discovery_path`: the path of `upstream.discovery_url`, when configured: served as the
+    /// OpenID Connect document too.
+    pub fn new(device: &Device, issuer_path: &str, discovery_path: Option<&str>) -> Self {
         let mut authorization = vec![device.authorization_path.clone()];
         authorization.extend(device.extra_authorization_paths.iter().cloned());
+        let mut discovery = well_known_paths(issuer_path);
+        let oidc_paths = match discovery_path {
+            Some(p) if !discovery.iter().any(|d| d == p) => {
+                discovery.insert(1, p.to_string());
+                2
+            }
+            _ => 1,
+        };
         Self {
             authorization,
             verification: device.verification_path.clone(),
             callback: device.callback_path.clone(),
             qr: qr_path(&device.verification_path),
-            discovery: well_known_paths(issuer_path),
+            discovery,
+            oidc_paths,
         }
-    }
-
-    /// The OpenID Connect discovery path.
-    pub fn oidc_discovery(&self) -> &str {
-        &self.discovery[0]
     }
 
     fn owned(&self) -> impl Iterator<Item = &String> + Clone {
@@ -124,7 +132,9 @@ impl Routes {
         } else if path == self.qr {
             Route::Qr
         } else if let Some(i) = self.discovery.iter().position(|p| p == path) {
-            Route::Discovery { oidc: i == 0 }
+            Route::Discovery {
+                oidc: i < self.oidc_paths,
+            }
         } else if method == Method::POST && token_path == Some(path) {
             Route::Token
         } else {
@@ -228,7 +238,32 @@ mod tests {
             expires_in: 600,
             interval: 5,
         };
-        Routes::new(&device, "/")
+        Routes::new(&device, "/", None)
+    }
+
+    #[test]
+    fn a_configured_discovery_path_is_the_openid_connect_document_too() {
+        let device = Device {
+            authorization_path: "/device/code".into(),
+            extra_authorization_paths: vec![],
+            verification_path: "/device".into(),
+            callback_path: "/device/callback".into(),
+            expires_in: 600,
+            interval: 5,
+        };
+        let b2c = "/t.onmicrosoft.com/B2C_1_x/v2.0/.well-known/openid-configuration";
+        let r = Routes::new(&device, "/guid/v2.0/", Some(b2c));
+        for (path, oidc) in [
+            (b2c, true),
+            ("/guid/v2.0/.well-known/openid-configuration", true),
+            ("/.well-known/oauth-authorization-server/guid/v2.0", false),
+        ] {
+            assert_eq!(
+                r.classify(&Method::GET, path, None),
+                Route::Discovery { oidc },
+                "{path}"
+            );
+        }
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct Options {
     /// The IdP on its own origin (its own port and issuer) and the gateway on another, instead
     /// of the gateway at the issuer's origin.
     pub own_origin: bool,
+    /// With `own_origin`: Azure AD B2C's layout, discovery under a user flow's path
+    /// ([`B2C_DISCOVERY_PATH`], `upstream.discovery_url`) and the issuer with a trailing slash.
+    pub b2c_layout: bool,
     /// With `own_origin`: AWS Cognito's layout, the IdP's endpoints on a second origin
     /// (`Env::endpoints_url`), its issuer origin keeping discovery and the JWKS.
     pub cognito_layout: bool,
@@ -128,6 +131,7 @@ impl Default for Options {
             idp_session_age: 0,
             own_origin: false,
             cognito_layout: false,
+            b2c_layout: false,
         }
     }
 }
@@ -169,6 +173,10 @@ pub struct Instance {
     _proc: Proc,
 }
 
+/// Where the IdP serves discovery in Azure AD B2C's layout (`Options::b2c_layout`).
+pub const B2C_DISCOVERY_PATH: &str =
+    "/devicegate.onmicrosoft.com/B2C_1_signin/v2.0/.well-known/openid-configuration";
+
 pub const KIOSK_SECRET: &str = "kiosk-secret-value";
 
 /// The TV client's logo on the consent page: a small SVG as a data: URL.
@@ -204,6 +212,12 @@ impl Env {
             Some(p) => format!("http://127.0.0.1:{p}{issuer_path}"),
             None => format!("{url}{issuer_path}"),
         };
+        // B2C's issuers end in a slash.
+        let issuer = if opts.b2c_layout {
+            format!("{issuer}/")
+        } else {
+            issuer
+        };
         let (idp, idp_port) = if let Some(p) = opts.upstream_port {
             (None, p)
         } else if opts.idp_down {
@@ -230,7 +244,7 @@ public_url: {url}
 upstream:
   address: 127.0.0.1:{idp_port}
   issuer: {issuer}
-  timeout: {upstream_timeout}
+{discovery_url}  timeout: {upstream_timeout}
 {token_path}device:
   expires_in: {expires_in}
   interval: {interval}
@@ -255,6 +269,14 @@ store:
     allowed_scopes: [openid]
     enabled: false
 "#,
+            discovery_url = if opts.b2c_layout {
+                format!(
+                    "  discovery_url: {}{B2C_DISCOVERY_PATH}\n",
+                    issuer.trim_end_matches('/')
+                )
+            } else {
+                String::new()
+            },
             tv_policy = indent(opts.tv_policy.as_deref(), 4),
             kiosk_policy = indent(opts.kiosk_policy.as_deref(), 4),
             expires_in = opts.expires_in,
@@ -599,6 +621,14 @@ fn start_idp(
         .env("IDP_PORT", port.to_string())
         .env("IDP_ALG", alg)
         .env("IDP_SESSION_AGE", opts.idp_session_age.to_string())
+        .env(
+            "IDP_DISCOVERY_PATH",
+            if opts.b2c_layout {
+                B2C_DISCOVERY_PATH
+            } else {
+                ""
+            },
+        )
         .env(
             "IDP_ENDPOINTS_PORT",
             endpoints_port.map(|p| p.to_string()).unwrap_or_default(),

@@ -378,3 +378,68 @@ async fn endpoints_on_another_origin_than_the_issuer_like_cognito() {
     assert_eq!(me.status(), 200);
     assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), "carmen");
 }
+
+/// Azure AD B2C's layout: the issuer ends in a slash and its well-known path answers 404, the
+/// discovery document is under the user flow's path (`upstream.discovery_url`), and the
+/// gateway has its own origin, where devices find the document under the same path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_under_another_path_than_the_issuer_like_b2c() {
+    let env = Env::start(Options {
+        own_origin: true,
+        b2c_layout: true,
+        ..Options::default()
+    })
+    .await;
+    let disc: Value = env
+        .get(crate::common::B2C_DISCOVERY_PATH)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let issuer = s(&disc["issuer"]).to_string();
+    assert!(issuer.ends_with('/'), "{disc}");
+    assert_eq!(
+        s(&disc["device_authorization_endpoint"]),
+        format!("{}/device/code", env.url)
+    );
+    assert_eq!(s(&disc["token_endpoint"]), format!("{}/token", env.url));
+    let standard = env
+        .http
+        .get(format!("{issuer}.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        standard.status(),
+        404,
+        "the fixture serves discovery only under the flow"
+    );
+
+    let dev = env
+        .authorize("tv-app", "openid profile offline_access")
+        .await;
+    let report = browser(json!({
+        "name": "b2c-layout",
+        "url": dev["verification_uri_complete"],
+        "action": "approve",
+        "username": "bianca",
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    let (status, tokens) = env.poll("tv-app", s(&dev["device_code"])).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
+    let (status, refreshed) = env
+        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
+        .await;
+    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
+    let me = env
+        .http
+        .get(s(&disc["userinfo_endpoint"]))
+        .bearer_auth(s(&refreshed["access_token"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), "bianca");
+}

@@ -10,6 +10,10 @@
 //                discovery and the JWKS; the authorization, token, userinfo, revocation and
 //                end-session endpoints are served on http://127.0.0.1:<this port> only (404 on
 //                the issuer's origin), and discovery names them there.
+//   IDP_DISCOVERY_PATH  Azure AD B2C's layout: the discovery document is served at this path
+//                (e.g. /tenant.onmicrosoft.com/B2C_1_signin/v2.0/.well-known/openid-configuration)
+//                and not at the issuer's well-known path (404 there). Give IDP_ISSUER a trailing
+//                slash, as B2C's issuers have.
 //   IDP_DEVICE_FLOW  "1" turns on oidc-provider's own device flow (features.deviceFlow, endpoint
 //                /device/auth) and lets every client use the device_code grant, with a larger
 //                in-memory store (the default one keeps only 1000 entries, ~500 pending device
@@ -134,6 +138,22 @@ provider.use(async (ctx, next) => {
   return undefined;
 });
 provider.on('server_error', (ctx, err) => console.error('IdP server_error', err));
+
+// Azure AD B2C's layout (IDP_DISCOVERY_PATH): discovery only under the user flow's path.
+const discoveryPath = process.env.IDP_DISCOVERY_PATH;
+if (discoveryPath) {
+  provider.use(async (ctx, next) => {
+    if (ctx.path === '/.well-known/openid-configuration') {
+      ctx.status = 404;
+      ctx.body = { error: 'not_found', error_description: 'discovery is under the user flow path' };
+      return undefined;
+    }
+    if (ctx.path === discoveryPath) {
+      ctx.path = '/.well-known/openid-configuration';
+    }
+    return next();
+  });
+}
 
 // AWS Cognito's layout (IDP_ENDPOINTS_PORT): endpoints on a second origin.
 const endpointsPort = Number(process.env.IDP_ENDPOINTS_PORT || 0);
