@@ -37,6 +37,12 @@ command -v jq >/dev/null || fail "jq not found: apt-get install jq"
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --require-hashes \
   -r tests/clients/requirements.txt
 
+echo "==> the third test IdP (django-oauth-toolkit) in tests/idp3/.venv, hash-pinned"
+[ -x tests/idp3/.venv/bin/python ] || python3 -m venv tests/idp3/.venv \
+  || fail "python3 -m venv failed: apt-get install python3-venv"
+tests/idp3/.venv/bin/pip install --quiet --disable-pip-version-check --require-hashes \
+  -r tests/idp3/requirements.txt
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"

@@ -107,6 +107,9 @@ pub enum Idp {
     /// endpoints under `/protocol/openid-connect/`, ID tokens signed with this algorithm, JWT
     /// access tokens, rotating refresh tokens, and no login page (authorize signs in at once).
     Keycloakish(&'static str),
+    /// django-oauth-toolkit (PyPI, tests/idp3): issuer `/o`, endpoints with trailing slashes,
+    /// RS256, rotating refresh tokens, a login page and no consent page.
+    DjangoOauthToolkit,
 }
 
 impl Default for Options {
@@ -205,6 +208,7 @@ impl Env {
         let issuer_path = match opts.idp {
             Idp::OidcProvider => "",
             Idp::Keycloakish(_) => "/realms/demo",
+            Idp::DjangoOauthToolkit => "/o",
         };
         let own_port = opts.own_origin.then(free_port);
         let endpoints_port = opts.cognito_layout.then(free_port);
@@ -613,9 +617,26 @@ fn start_idp(
             );
             (dir, alg)
         }
+        Idp::DjangoOauthToolkit => {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp3");
+            assert!(
+                dir.join(".venv/bin/python").exists(),
+                "the third test IdP is not installed: python3 -m venv tests/idp3/.venv && tests/idp3/.venv/bin/pip install --require-hashes -r tests/idp3/requirements.txt (./scripts/test.sh does it)"
+            );
+            (dir, "RS256")
+        }
     };
-    let mut child = Command::new("node")
-        .arg("idp.js")
+    let (program, script) = match kind {
+        Idp::DjangoOauthToolkit => (".venv/bin/python", "idp.py"),
+        _ => ("node", "idp.js"),
+    };
+    let program = if program.starts_with('.') {
+        dir.join(program).display().to_string()
+    } else {
+        program.to_string()
+    };
+    let mut child = Command::new(program)
+        .arg(script)
         .current_dir(dir)
         .env("IDP_ISSUER", issuer)
         .env("IDP_PORT", port.to_string())

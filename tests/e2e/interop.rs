@@ -6,7 +6,7 @@
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::common::{browser, s, Env, Idp, Options, DEVICE_GRANT};
+use crate::common::{browser, s, secret_of, Env, Idp, Options, DEVICE_GRANT};
 
 fn jwt_part(jwt: &str, i: usize) -> Value {
     let part = jwt.split('.').nth(i).unwrap_or_default();
@@ -442,4 +442,72 @@ async fn discovery_under_another_path_than_the_issuer_like_b2c() {
         .unwrap();
     assert_eq!(me.status(), 200);
     assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), "bianca");
+}
+
+/// django-oauth-toolkit (PyPI), a real OpenID Connect server, at the gateway's origin with an
+/// issuer path (`/o`) and endpoints ending in `/`: a public and a confidential client each
+/// approved in the browser, tokens, a refresh (rotating) and userinfo through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_oauth_toolkit_behind_the_gateway() {
+    let env = Env::start(Options {
+        idp: Idp::DjangoOauthToolkit,
+        ..Options::default()
+    })
+    .await;
+    let issuer = format!("{}/o", env.url);
+    let disc: Value = env
+        .get("/o/.well-known/openid-configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s(&disc["issuer"]), issuer);
+    assert_eq!(
+        s(&disc["device_authorization_endpoint"]),
+        format!("{}/device/code", env.url)
+    );
+    assert_eq!(s(&disc["token_endpoint"]), format!("{issuer}/token/"));
+    for (client, user) in [("tv-app", "dora"), ("kiosk", "kim")] {
+        let dev = env.authorize(client, "openid profile").await;
+        let report = browser(json!({
+            "name": format!("django-{client}"),
+            "url": format!("{}/device", env.url),
+            "user_code": dev["user_code"],
+            "action": "approve",
+            "username": user,
+            "owned_prefix": "/device",
+        }))
+        .await;
+        assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+        let secret = secret_of(client);
+        let mut form = vec![
+            ("grant_type", DEVICE_GRANT),
+            ("device_code", s(&dev["device_code"])),
+            ("client_id", client),
+        ];
+        form.extend(secret.map(|v| ("client_secret", v)));
+        let (status, _, tokens) = env.post_form("/o/token/", &form).await;
+        assert_eq!(status, 200, "{tokens}");
+        assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
+        assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["sub"]), user);
+        // A refresh through the gateway, passed to the IdP; the toolkit rotates the token.
+        let mut refresh = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", s(&tokens["refresh_token"])),
+            ("client_id", client),
+        ];
+        refresh.extend(secret.map(|v| ("client_secret", v)));
+        let (status, _, refreshed) = env.post_form("/o/token/", &refresh).await;
+        assert_eq!(status, 200, "{refreshed}");
+        assert_ne!(s(&refreshed["refresh_token"]), s(&tokens["refresh_token"]));
+        let me = env
+            .http
+            .get(format!("{issuer}/userinfo/"))
+            .bearer_auth(s(&refreshed["access_token"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(me.status(), 200);
+        assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
+    }
 }
