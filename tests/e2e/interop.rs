@@ -340,17 +340,7 @@ async fn endpoints_on_another_origin_than_the_issuer_like_cognito() {
         "the fixture keeps the token endpoint off the issuer"
     );
 
-    let dev = env
-        .authorize("tv-app", "openid profile offline_access")
-        .await;
-    let report = browser(json!({
-        "name": "cognito-layout",
-        "url": dev["verification_uri_complete"],
-        "action": "approve",
-        "username": "carmen",
-    }))
-    .await;
-    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    let report = login_tokens_refresh_userinfo(&env, &disc, "cognito-layout", "carmen").await;
     assert!(
         report["pages"]
             .as_array()
@@ -359,24 +349,6 @@ async fn endpoints_on_another_origin_than_the_issuer_like_cognito() {
             .any(|p| s(&p["url"]).starts_with(&endpoints)),
         "{report}"
     );
-    let (status, tokens) = env.poll("tv-app", s(&dev["device_code"])).await;
-    assert_eq!(status, 200, "{tokens}");
-    assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
-    // A refresh sent to the gateway's token endpoint reaches the IdP's real one.
-    let (status, refreshed) = env
-        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
-        .await;
-    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
-    assert!(refreshed["access_token"].is_string());
-    let me = env
-        .http
-        .get(s(&disc["userinfo_endpoint"]))
-        .bearer_auth(s(&refreshed["access_token"]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
-    assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), "carmen");
 }
 
 /// Azure AD B2C's layout: the issuer ends in a slash and its well-known path answers 404, the
@@ -415,33 +387,7 @@ async fn discovery_under_another_path_than_the_issuer_like_b2c() {
         "the fixture serves discovery only under the flow"
     );
 
-    let dev = env
-        .authorize("tv-app", "openid profile offline_access")
-        .await;
-    let report = browser(json!({
-        "name": "b2c-layout",
-        "url": dev["verification_uri_complete"],
-        "action": "approve",
-        "username": "bianca",
-    }))
-    .await;
-    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
-    let (status, tokens) = env.poll("tv-app", s(&dev["device_code"])).await;
-    assert_eq!(status, 200, "{tokens}");
-    assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
-    let (status, refreshed) = env
-        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
-        .await;
-    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
-    let me = env
-        .http
-        .get(s(&disc["userinfo_endpoint"]))
-        .bearer_auth(s(&refreshed["access_token"]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
-    assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), "bianca");
+    login_tokens_refresh_userinfo(&env, &disc, "b2c-layout", "bianca").await;
 }
 
 /// django-oauth-toolkit (PyPI), a real OpenID Connect server, at the gateway's origin with an
@@ -510,4 +456,39 @@ async fn django_oauth_toolkit_behind_the_gateway() {
         assert_eq!(me.status(), 200);
         assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
     }
+}
+
+/// With the gateway on its own origin: a device login approved in the browser as `user`, the
+/// tokens (whose `iss` is the document's issuer), a refresh sent to the gateway's token
+/// endpoint, and userinfo at the document's endpoint. Returns the browser's report.
+async fn login_tokens_refresh_userinfo(env: &Env, disc: &Value, name: &str, user: &str) -> Value {
+    let issuer = s(&disc["issuer"]);
+    let dev = env
+        .authorize("tv-app", "openid profile offline_access")
+        .await;
+    let report = browser(json!({
+        "name": name,
+        "url": dev["verification_uri_complete"],
+        "action": "approve",
+        "username": user,
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    let (status, tokens) = env.poll("tv-app", s(&dev["device_code"])).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
+    let (status, refreshed) = env
+        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
+        .await;
+    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
+    let me = env
+        .http
+        .get(s(&disc["userinfo_endpoint"]))
+        .bearer_auth(s(&refreshed["access_token"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
+    report
 }
