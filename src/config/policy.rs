@@ -166,6 +166,12 @@ impl Policy {
         }
     }
 
+    /// Whether the signed-in user's claims are judged at all (`require_claims`, `acr_values`,
+    /// `max_age`).
+    pub fn judges_login(&self) -> bool {
+        !self.require_claims.is_empty() || !self.acr_values.is_empty() || self.max_age.is_some()
+    }
+
     /// The first rule the signed-in user's claims break, with why; `None` when they pass.
     /// `claims` are the validated ID token's, with userinfo's for claims it lacks.
     pub fn claims_refusal(

@@ -344,19 +344,13 @@ impl Pages {
 
     /// A scope in plain words: the operator's `ui.scopes`, else the catalogue, else its name.
     fn scope_description(&self, t: &Catalog, scope: &str) -> String {
-        match self.scopes.get(scope) {
-            Some(ScopeText::All(text)) => return text.clone(),
-            Some(ScopeText::PerLanguage(m)) => {
-                if let Some(text) = m
-                    .get(&t.lang)
-                    .or_else(|| m.get(&self.catalogs.default_catalog().lang))
-                {
-                    return text.clone();
-                }
-            }
-            None => {}
-        }
-        t.scope(scope).unwrap_or(scope).to_string()
+        let default = &self.catalogs.default_catalog().lang;
+        self.scopes
+            .get(scope)
+            .and_then(|x| x.for_language(&t.lang).or_else(|| x.for_language(default)))
+            .or_else(|| t.scope(scope))
+            .unwrap_or(scope)
+            .to_string()
     }
 
     fn consent_context(&self, t: &Catalog, c: &Consent<'_>) -> Value {

@@ -63,12 +63,7 @@ impl Gateway {
                 "this client may not start a device flow from this network".into(),
             );
             tracing::warn!(client_id = %client.client_id, "device request from outside device_networks");
-            let audit = Audit {
-                client_id: Some(client.client_id.clone()),
-                ..Audit::new(Event::PolicyRefused("device_networks"))
-            };
-            return refuse(e).facts(events::policy_refusal(
-                audit,
+            return refuse(e).facts(events::request_refused_by_policy(
                 &client.client_id,
                 "device_networks",
             ));
@@ -115,12 +110,13 @@ impl Gateway {
             return refuse(limit_error(r, false));
         }
         // The client's own share (`max_pending`), so one client's flood leaves the others room.
-        let slot = random_token(16);
+        let mut slot = None;
         if let Some(max) = client.policy.max_pending {
             let until = now.secs_ceil() + self.config.device.expires_in;
+            let member = slot.insert(random_token(16));
             let opened = self
                 .limits
-                .open_client_grant(&client.client_id, &slot, max, until, now.secs())
+                .open_client_grant(&client.client_id, member, max, until, now.secs())
                 .await;
             if let Err(r) = opened {
                 self.limits.grant_not_opened(&network).await;
@@ -131,17 +127,12 @@ impl Gateway {
                 }
                 // The client's policy, not a flood limit: counted and audited as the policy.
                 tracing::warn!(client_id = %client.client_id, max, "client's pending grants at max_pending");
-                let audit = Audit {
-                    client_id: Some(client.client_id.clone()),
-                    ..Audit::new(Event::PolicyRefused("max_pending"))
-                };
                 return Reply::oauth_error(&e)
                     .fact(Fact::DeviceAuthorization {
                         client: client.client_id.clone(),
                         result: e.code(),
                     })
-                    .facts(events::policy_refusal(
-                        audit,
+                    .facts(events::request_refused_by_policy(
                         &client.client_id,
                         "max_pending",
                     ));
@@ -155,9 +146,9 @@ impl Gateway {
             Ok(i) => i,
             Err(e) => {
                 self.limits.grant_not_opened(&network).await;
-                if client.policy.max_pending.is_some() {
+                if let Some(member) = &slot {
                     self.limits
-                        .client_grant_not_opened(&client.client_id, &slot)
+                        .client_grant_not_opened(&client.client_id, member)
                         .await;
                 }
                 return refuse(e);

@@ -162,6 +162,15 @@ pub fn policy_refusal(audit: Audit, client: &str, rule: &'static str) -> [Fact; 
     ]
 }
 
+/// [`policy_refusal`] of a device request (no grant yet): `refused` with `by=policy`.
+pub fn request_refused_by_policy(client: &str, rule: &'static str) -> [Fact; 2] {
+    let audit = Audit {
+        client_id: Some(client.to_string()),
+        ..Audit::new(Event::PolicyRefused(rule))
+    };
+    policy_refusal(audit, client, rule)
+}
+
 /// The facts of a request a limit refused: the `rate_limited` count and a `refused` event.
 pub fn limited(limit: &'static str) -> [Fact; 2] {
     [

@@ -352,10 +352,7 @@ impl Gateway {
         if !policy.refresh_tokens && res.tokens.remove("refresh_token").is_some() {
             tracing::info!(client_id = %client.client_id, "refresh token withheld by policy");
         }
-        let judged = !policy.require_claims.is_empty()
-            || !policy.acr_values.is_empty()
-            || policy.max_age.is_some();
-        if !judged {
+        if !policy.judges_login() {
             return Ok(Ok(res));
         }
         let claims = self.policy_claims(policy, &res).await?;

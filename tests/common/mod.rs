@@ -491,6 +491,11 @@ impl Gate {
             .expect("request to the gateway")
     }
 
+    /// GETs a path of this gateway and returns its JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
     /// POSTs a form and returns (status, headers, JSON body or Null).
     pub async fn post_form(
         &self,

@@ -13,12 +13,7 @@ async fn approve_flow_delivers_tokens_once_and_refresh_passes_through() {
     let env = Env::start(Options::default()).await;
 
     // 1. A client that knows only the issuer discovers the device flow.
-    let disc: Value = env
-        .get("/.well-known/openid-configuration")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let disc: Value = env.get_json("/.well-known/openid-configuration").await;
     assert_eq!(s(&disc["issuer"]), env.url);
     assert_eq!(
         s(&disc["device_authorization_endpoint"]),

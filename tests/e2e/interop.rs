@@ -26,11 +26,8 @@ async fn flow_with_keycloakish(alg: &'static str) {
     .await;
     let issuer = format!("{}/realms/demo", env.url);
     let disc: Value = env
-        .get("/realms/demo/.well-known/openid-configuration")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/realms/demo/.well-known/openid-configuration")
+        .await;
     assert_eq!(s(&disc["issuer"]), issuer);
     assert_eq!(
         s(&disc["device_authorization_endpoint"]),
@@ -47,7 +44,7 @@ async fn flow_with_keycloakish(alg: &'static str) {
         "/realms/demo/.well-known/oauth-authorization-server",
         "/.well-known/oauth-authorization-server/realms/demo",
     ] {
-        let doc: Value = env.get(path).await.json().await.unwrap();
+        let doc: Value = env.get_json(path).await;
         assert_eq!(s(&doc["issuer"]), issuer, "{path}");
         assert!(
             doc["device_authorization_endpoint"].is_string(),
@@ -174,12 +171,7 @@ async fn gateway_on_its_own_origin() {
     .await;
     // Devices are configured with the gateway's URL; the document is the IdP's (its issuer),
     // with the device endpoint and the token endpoint on the gateway.
-    let disc: Value = env
-        .get("/.well-known/openid-configuration")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let disc: Value = env.get_json("/.well-known/openid-configuration").await;
     let issuer = s(&disc["issuer"]).to_string();
     assert_ne!(issuer, env.url);
     assert_eq!(
@@ -314,12 +306,7 @@ async fn endpoints_on_another_origin_than_the_issuer_like_cognito() {
     })
     .await;
     let endpoints = env.endpoints_url.clone().unwrap();
-    let disc: Value = env
-        .get("/.well-known/openid-configuration")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let disc: Value = env.get_json("/.well-known/openid-configuration").await;
     let issuer = s(&disc["issuer"]).to_string();
     assert_eq!(s(&disc["token_endpoint"]), format!("{}/token", env.url));
     assert_eq!(
@@ -362,12 +349,7 @@ async fn discovery_under_another_path_than_the_issuer_like_b2c() {
         ..Options::default()
     })
     .await;
-    let disc: Value = env
-        .get(crate::common::B2C_DISCOVERY_PATH)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let disc: Value = env.get_json(crate::common::B2C_DISCOVERY_PATH).await;
     let issuer = s(&disc["issuer"]).to_string();
     assert!(issuer.ends_with('/'), "{disc}");
     assert_eq!(
@@ -401,12 +383,7 @@ async fn django_oauth_toolkit_behind_the_gateway() {
     })
     .await;
     let issuer = format!("{}/o", env.url);
-    let disc: Value = env
-        .get("/o/.well-known/openid-configuration")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let disc: Value = env.get_json("/o/.well-known/openid-configuration").await;
     assert_eq!(s(&disc["issuer"]), issuer);
     assert_eq!(
         s(&disc["device_authorization_endpoint"]),

@@ -98,20 +98,42 @@ async fn device_networks_refuse_every_address_outside_and_admit_those_inside() {
     assert_eq!(r.status, 200, "{}", text(&r));
 }
 
+/// A code of a device at `device` entered from `browser`: refused by `rule` with the page
+/// `outcome` and no consent form, the grant denied (the device's poll says so), audited and
+/// counted.
+async fn refused_on_entry(
+    h: &Harness,
+    cookie: &str,
+    device: &str,
+    browser: &str,
+    rule: &'static str,
+    outcome: &str,
+) {
+    let (device_code, user_code) = h.authorize_from(device, "openid").await.unwrap();
+    let (r, csrf) = h.enter_from(browser, cookie, &user_code).await;
+    assert_eq!(r.status, 403, "{}", text(&r));
+    assert!(text(&r).contains(&format!("data-outcome=\"{outcome}\"")));
+    assert!(csrf.is_empty(), "no consent form");
+    assert_eq!(policy_facts(&r), [rule]);
+    assert_eq!(events(&r), [Event::Denied(By::Policy(rule))]);
+    let poll = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&poll)["error"], "access_denied");
+}
+
 #[tokio::test]
 async fn approver_networks_deny_the_grant_entered_from_elsewhere() {
     let h = with_policy("approver_networks: [10.9.0.0/16]");
     let (cookie, _) = h.browser().await;
     // From outside: a page that says why, and the grant is denied for the device.
-    let (device_code, user_code) = h.authorize_from("10.9.1.1", "openid").await.unwrap();
-    let (r, csrf) = h.enter_from("203.0.113.7", &cookie, &user_code).await;
-    assert_eq!(r.status, 403, "{}", text(&r));
-    assert!(text(&r).contains("data-outcome=\"network_not_allowed\""));
-    assert!(csrf.is_empty(), "no consent form");
-    assert_eq!(policy_facts(&r), ["approver_networks"]);
-    assert_eq!(events(&r), [Event::Denied(By::Policy("approver_networks"))]);
-    let poll = h.poll("tv-app", &device_code).await;
-    assert_eq!(json(&poll)["error"], "access_denied");
+    refused_on_entry(
+        &h,
+        &cookie,
+        "10.9.1.1",
+        "203.0.113.7",
+        "approver_networks",
+        "network_not_allowed",
+    )
+    .await;
     // From inside: the consent page, and approve goes on to the IdP.
     let (_, user_code) = h.authorize_from("10.9.1.1", "openid").await.unwrap();
     let (r, csrf) = h.enter_from("10.9.200.3", &cookie, &user_code).await;
@@ -130,15 +152,15 @@ async fn approver_networks_deny_the_grant_entered_from_elsewhere() {
 async fn proximity_require_denies_a_browser_on_another_network() {
     let h = with_policy("proximity: require");
     let (cookie, _) = h.browser().await;
-    let (device_code, user_code) = h.authorize_from("192.0.2.10", "openid").await.unwrap();
-    let (r, _) = h.enter_from("198.51.100.20", &cookie, &user_code).await;
-    assert_eq!(r.status, 403, "{}", text(&r));
-    assert!(text(&r).contains("data-outcome=\"proximity\""));
-    assert_eq!(events(&r), [Event::Denied(By::Policy("proximity"))]);
-    assert_eq!(
-        json(&h.poll("tv-app", &device_code).await)["error"],
-        "access_denied"
-    );
+    refused_on_entry(
+        &h,
+        &cookie,
+        "192.0.2.10",
+        "198.51.100.20",
+        "proximity",
+        "proximity",
+    )
+    .await;
     // Same /24: the consent page, without the other-network warning.
     let (_, user_code) = h.authorize_from("192.0.2.10", "openid").await.unwrap();
     let (r, csrf) = h.enter_from("192.0.2.99", &cookie, &user_code).await;
