@@ -25,7 +25,11 @@ pub struct Admin {
 impl Admin {
     async fn ready(&self) -> (u16, Vec<u8>) {
         let store = self.device.stored().await;
-        let upstream = self.oidc.discovery().await;
+        // Discovery, and keys that can verify the IdP's ID tokens.
+        let upstream = match self.oidc.discovery().await {
+            Ok(_) => self.oidc.check_keys().await,
+            Err(e) => Err(e),
+        };
         let word = |ok: bool| if ok { "ok" } else { "unavailable" };
         let body = json!({
             "store": word(store.is_ok()),

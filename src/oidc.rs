@@ -586,9 +586,21 @@ impl Oidc {
         }
         let set: CoreJsonWebKeySet = serde_json::from_slice(&resp.body)
             .map_err(|e| UpstreamError::Invalid(format!("JWKS is not a key set: {e}")))?;
+        // Discovery may list an algorithm devicegate verifies while every key is for another
+        // (Glewlwyd with a P-521 key lists ES256, ES384 and ES512): every login would fail.
+        if let Err(e) = verifiable_signing_key(&resp.body) {
+            tracing::warn!(error = %e, "the IdP's keys cannot verify its ID tokens");
+            return Err(e);
+        }
         let set = Arc::new(set);
         *self.jwks.write().await = Some((set.clone(), Instant::now()));
         Ok(set)
+    }
+
+    /// The IdP's signing keys, fetched when not cached: an error if none is one devicegate can
+    /// verify ID tokens with (`/readyz` says so before the first login fails).
+    pub async fn check_keys(&self) -> Result<(), UpstreamError> {
+        self.keys(false).await.map(|_| ())
     }
 
     /// Validates an ID token and returns its subject. Keys are fetched again once when the
@@ -695,6 +707,51 @@ fn payload(jwt: &str) -> Result<Map<String, Value>, IdTokenError> {
 pub const VERIFIABLE_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
+
+/// Ok when the JWKS `body` holds a signing key of an algorithm in [`VERIFIABLE_ALGS`] (or no
+/// key at all, which fails later with its own message). A key's algorithm is its `alg`, else
+/// what its type and curve imply; keys marked `"use": "enc"` are skipped.
+fn verifiable_signing_key(body: &[u8]) -> Result<(), UpstreamError> {
+    let set: Value = serde_json::from_slice(body).unwrap_or_default();
+    let keys = set["keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut seen = Vec::new();
+    for key in keys.iter().filter(|k| k["use"] != "enc") {
+        let alg = match (
+            key["alg"].as_str(),
+            key["kty"].as_str(),
+            key["crv"].as_str(),
+        ) {
+            (Some(alg), _, _) => alg,
+            (None, Some("RSA"), _) => "RS256",
+            (None, Some("EC"), Some("P-256")) => "ES256",
+            (None, Some("EC"), Some("P-384")) => "ES384",
+            (None, Some("EC"), Some("P-521")) => "ES512",
+            (None, Some("OKP"), Some("Ed25519")) => "EdDSA",
+            (None, Some("OKP"), Some("Ed448")) => "EdDSA (Ed448)",
+            (None, kty, _) => kty.unwrap_or("a key of no type"),
+        };
+        // EdDSA is verifiable only on Ed25519.
+        let ed448 = key["crv"] == "Ed448";
+        if VERIFIABLE_ALGS.contains(&alg) && !ed448 {
+            return Ok(());
+        }
+        let name = if ed448 { "EdDSA (Ed448)" } else { alg };
+        if !seen.contains(&name) {
+            seen.push(name);
+        }
+    }
+    if seen.is_empty() {
+        return Ok(());
+    }
+    Err(UpstreamError::Invalid(format!(
+        "the IdP's keys sign ID tokens with {}; devicegate verifies {}",
+        seen.join(", "),
+        VERIFIABLE_ALGS.join(", ")
+    )))
+}
 
 /// An error with its sources, for messages that say what really failed.
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -861,6 +918,39 @@ mod discovery_tests {
             r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","jwks_uri":"{issuer}/certs"{algs}}}"#
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_key_set_needs_one_key_devicegate_can_verify_with() {
+        let check =
+            |keys: &str| verifiable_signing_key(format!(r#"{{"keys":[{keys}]}}"#).as_bytes());
+        for ok in [
+            r#"{"kty":"RSA","n":"x","e":"AQAB"}"#,
+            r#"{"kty":"EC","crv":"P-521","alg":"ES512"},{"kty":"EC","crv":"P-256"}"#,
+            r#"{"kty":"OKP","crv":"Ed25519","alg":"EdDSA"}"#,
+            r#"{"kty":"RSA","use":"enc","alg":"RSA-OAEP"},{"kty":"EC","crv":"P-384"}"#,
+            "",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        for (bad, named) in [
+            (r#"{"kty":"EC","crv":"P-521","alg":"ES512"}"#, "with ES512;"),
+            (r#"{"kty":"EC","crv":"P-521"}"#, "with ES512;"),
+            (
+                r#"{"kty":"OKP","crv":"Ed448","alg":"EdDSA"},{"kty":"oct","alg":"HS256"}"#,
+                "with EdDSA (Ed448), HS256;",
+            ),
+            (
+                r#"{"kty":"RSA","use":"enc"},{"kty":"EC","crv":"P-521"}"#,
+                "with ES512;",
+            ),
+        ] {
+            let e = check(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(named) && e.contains("devicegate verifies RS256"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[tokio::test]
