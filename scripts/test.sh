@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server nginx-light openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq)
+packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server nginx-light openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq glewlwyd)
 . scripts/lib/prerequisites.sh
 need_packages ./scripts/test.sh "${packages[@]}"
 
@@ -32,6 +32,7 @@ npm ci --prefix tests/idp2 --no-audit --no-fund --loglevel=error
 echo "==> Python device clients (Authlib, oauthlib) in tests/clients/.venv, hash-pinned"
 command -v oidc-gen >/dev/null || fail "oidc-agent not found: apt-get install oidc-agent-cli"
 command -v jq >/dev/null || fail "jq not found: apt-get install jq"
+[ -x /usr/bin/glewlwyd ] || fail "glewlwyd not found: apt-get install glewlwyd (a real IdP of the e2e suite, tests/idp4)"
 [ -x tests/clients/.venv/bin/python ] || python3 -m venv tests/clients/.venv \
   || fail "python3 -m venv failed: apt-get install python3-venv"
 tests/clients/.venv/bin/pip install --quiet --disable-pip-version-check --require-hashes \

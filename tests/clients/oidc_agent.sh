@@ -10,6 +10,7 @@
 #   DG_CLIENT_SECRET  the client secret; oidc-gen requires one, so a public client runs with an
 #                     empty secret (oidc-agent then sends "Authorization: Basic base64(id:)")
 #   DG_SCOPE          default "openid profile offline_access" (offline_access: refresh token)
+#   DG_ID_TOKEN_ON_REFRESH  0: the IdP returns no ID token on refresh; do not ask for one
 #   DG_TIMEOUT        give up after this many seconds overall (default 300)
 #   DG_POLL_TOO_FAST  set to 1 to send one extra poll with the agent's device code 1 s after the
 #                     agent's first poll (a second poller), so the agent gets slow_down (§3.5)
@@ -158,8 +159,13 @@ exp=$(oidc-token -e dg 2>/dev/null || true)
 iss_agent=$(oidc-token -i dg 2>/dev/null || true)
 
 # The ID token.
-# (oidc-agent gets a fresh ID token with a refresh_token grant.)
-idt=$(oidc-token --id-token dg 2>"$work/idt.err") || fail id_token "oidc-token --id-token dg (a refresh_token grant): $(cat "$work/idt.err")"
+# (oidc-agent gets a fresh ID token with a refresh_token grant, so with DG_ID_TOKEN_ON_REFRESH=0,
+# for an IdP whose refresh answers carry none, which OpenID Connect Core §12.2 allows, it is
+# not asked for.)
+idt=
+if [ "${DG_ID_TOKEN_ON_REFRESH:-1}" != 0 ]; then
+  idt=$(oidc-token --id-token dg 2>"$work/idt.err") || fail id_token "oidc-token --id-token dg (a refresh_token grant): $(cat "$work/idt.err")"
+fi
 claims='{}'
 if [ -n "$idt" ]; then
   payload=$(printf '%s' "$idt" | cut -d. -f2 | tr '_-' '/+')

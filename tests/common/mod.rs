@@ -110,6 +110,10 @@ pub enum Idp {
     /// django-oauth-toolkit (PyPI, tests/idp3): issuer `/o`, endpoints with trailing slashes,
     /// RS256, rotating refresh tokens, a login page and no consent page.
     DjangoOauthToolkit,
+    /// Glewlwyd 2.7.5 (Debian's `glewlwyd`, tests/idp4): issuer `/api/oidc`, its own device
+    /// flow switched off, its login web app with a consent screen, one-time refresh tokens, ID
+    /// tokens signed with this algorithm.
+    Glewlwyd(&'static str),
 }
 
 impl Default for Options {
@@ -209,6 +213,7 @@ impl Env {
             Idp::OidcProvider => "",
             Idp::Keycloakish(_) => "/realms/demo",
             Idp::DjangoOauthToolkit => "/o",
+            Idp::Glewlwyd(_) => "/api/oidc",
         };
         let own_port = opts.own_origin.then(free_port);
         let endpoints_port = opts.cognito_layout.then(free_port);
@@ -227,8 +232,14 @@ impl Env {
         } else if opts.idp_down {
             (None, free_port())
         } else {
-            let (p, idp_port) =
-                start_idp(&opts, &issuer, &url, own_port.unwrap_or(0), endpoints_port);
+            let (p, idp_port) = start_idp(
+                &opts,
+                &issuer,
+                &url,
+                own_port.unwrap_or(0),
+                endpoints_port,
+                dir.path(),
+            );
             (Some(p), idp_port)
         };
         let redis = opts.redis.then(Redis::start);
@@ -596,15 +607,15 @@ impl Gate {
     }
 }
 
-/// Starts the IdP with issuer `issuer`; returns it and its port.
 /// Starts the IdP with `issuer`, the test clients registered with the gateway's callback, on
-/// `port` (0: any).
+/// `port` (0: any), keeping its files in `workdir`; returns it and its port.
 fn start_idp(
     opts: &Options,
     issuer: &str,
     gateway: &str,
     port: u16,
     endpoints_port: Option<u16>,
+    workdir: &Path,
 ) -> (Proc, u16) {
     let kind = opts.idp;
     let callback = format!("{gateway}/device/callback");
@@ -630,9 +641,20 @@ fn start_idp(
             );
             (dir, "RS256")
         }
+        Idp::Glewlwyd(alg) => {
+            assert!(
+                Path::new("/usr/bin/glewlwyd").exists(),
+                "the fourth test IdP is not installed: apt-get install glewlwyd (./scripts/test.sh does it)"
+            );
+            (
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp4"),
+                alg,
+            )
+        }
     };
     let (program, script) = match kind {
         Idp::DjangoOauthToolkit => (".venv/bin/python", "idp.py"),
+        Idp::Glewlwyd(_) => ("python3", "glewlwyd.py"),
         _ => ("node", "idp.js"),
     };
     let program = if program.starts_with('.') {
@@ -660,10 +682,11 @@ fn start_idp(
             endpoints_port.map(|p| p.to_string()).unwrap_or_default(),
         )
         .env("IDP_CLIENTS", clients.to_string())
+        .env("IDP_WORKDIR", workdir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(workdir.join("idp.log")).expect("idp.log"))
         .spawn()
-        .expect("start node tests/idp/idp.js");
+        .expect("start the test IdP");
     let stdout = child.stdout.take().expect("idp stdout");
     let proc = Proc(child);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -678,7 +701,12 @@ fn start_idp(
         .recv_timeout(Duration::from_secs(30))
         .ok()
         .flatten()
-        .expect("the test IdP did not start within 30 s (see tests/idp/idp.js)");
+        .unwrap_or_else(|| {
+            panic!(
+                "the test IdP exited or was not ready within 30 s; its log:\n{}",
+                std::fs::read_to_string(workdir.join("idp.log")).unwrap_or_default()
+            )
+        });
     (proc, port)
 }
 

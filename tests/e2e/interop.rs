@@ -106,11 +106,6 @@ async fn keycloak_like_idp_rs256() {
     flow_with_keycloakish("RS256").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keycloak_like_idp_es256() {
-    flow_with_keycloakish("ES256").await;
-}
-
 /// The Rust `openidconnect` crate's device flow (the demo client) against the second IdP: it
 /// discovers at the issuer's path, verifies the EdDSA-signed ID token with the JWKS (which also
 /// holds an encryption key it must skip), and refreshes.
@@ -131,23 +126,67 @@ async fn rust_openidconnect_client_with_the_keycloak_like_idp() {
     .await;
 }
 
+/// ID tokens signed with ES256 and EdDSA by a real IdP (Glewlwyd with a P-256 and an Ed25519
+/// key): a login in the browser, the tokens. (Not ES384: Glewlwyd 2.7.5 labels its P-384 key
+/// `ES512`, which the gateway rightly refuses, as it does a real ES512 key below.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keycloak_like_idp_eddsa() {
-    flow_with_keycloakish("EdDSA").await;
+async fn glewlwyd_signing_with_es256_and_eddsa() {
+    for alg in ["ES256", "EdDSA"] {
+        let env = Env::start(Options {
+            idp: Idp::Glewlwyd(alg),
+            ..Options::default()
+        })
+        .await;
+        let dev = env.authorize("tv-app", "openid").await;
+        let report = browser(json!({
+            "name": format!("glewlwyd-{alg}"),
+            "url": dev["verification_uri_complete"],
+            "action": "approve",
+            "username": "alice",
+        }))
+        .await;
+        assert_eq!(
+            s(&report["title"]),
+            "You're signed in",
+            "{alg}: {report}\n{}",
+            env.gateway_log()
+        );
+        let (status, _, tokens) = env
+            .post_form(
+                "/api/oidc/token",
+                &[
+                    ("grant_type", DEVICE_GRANT),
+                    ("device_code", s(&dev["device_code"])),
+                    ("client_id", "tv-app"),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{alg}: {tokens}");
+        assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 0)["alg"]), alg);
+    }
 }
 
+/// Glewlwyd with a P-521 key signs with ES512, which `openidconnect` cannot verify, while its
+/// discovery lists ES256 and ES384 too: the keys themselves say it. The gateway reports the IdP
+/// not ready and why; a user who approves anyway gets a readable page, and the device an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idp_signing_only_with_an_unverifiable_algorithm_is_reported_not_trusted() {
     let env = Env::start(Options {
-        idp: Idp::Keycloakish("ES512"),
+        idp: Idp::Glewlwyd("ES512"),
         admin: true,
         ..Options::default()
     })
     .await;
-    let disc = env
-        .get("/realms/demo/.well-known/openid-configuration")
-        .await;
+    let disc = env.get("/api/oidc/.well-known/openid-configuration").await;
     assert_eq!(disc.status(), 200, "discovery is still relayed");
+    let disc: Value = disc.json().await.unwrap();
+    assert!(
+        disc["id_token_signing_alg_values_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ES256")),
+        "{disc}"
+    );
     let ready = env
         .http
         .get(format!("{}/readyz", env.admin_url.as_ref().unwrap()))
@@ -157,8 +196,36 @@ async fn an_idp_signing_only_with_an_unverifiable_algorithm_is_reported_not_trus
     assert_eq!(ready.status(), 503);
     let log = env.gateway_log();
     assert!(
-        log.contains("the IdP signs ID tokens with ES512; devicegate verifies RS256"),
+        log.contains("the IdP's keys sign ID tokens with ES512; devicegate verifies RS256"),
         "{log}"
+    );
+    let dev = env.authorize("tv-app", "openid").await;
+    let report = browser(json!({
+        "name": "glewlwyd-ES512",
+        "url": dev["verification_uri_complete"],
+        "action": "approve",
+        "username": "alice",
+    }))
+    .await;
+    assert_eq!(
+        (report["status"].as_u64(), s(&report["title"])),
+        (Some(400), "Sign-in did not complete"),
+        "{report}"
+    );
+    let (status, _, body) = env
+        .post_form(
+            "/api/oidc/token",
+            &[
+                ("grant_type", DEVICE_GRANT),
+                ("device_code", s(&dev["device_code"])),
+                ("client_id", "tv-app"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (400, "access_denied"),
+        "{body}"
     );
 }
 
@@ -468,4 +535,129 @@ async fn login_tokens_refresh_userinfo(env: &Env, disc: &Value, name: &str, user
     assert_eq!(me.status(), 200);
     assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
     report
+}
+
+/// Glewlwyd 2.7.5, Debian's single-sign-on server, with its own device flow switched off:
+/// the gateway at its origin adds one. Both test clients (public and confidential) log in
+/// through Glewlwyd's login web app and consent screen in the browser; then tokens, a one-time
+/// refresh through the gateway and userinfo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glewlwyd_with_its_own_device_flow_off_behind_the_gateway() {
+    let env = Env::start(Options {
+        idp: Idp::Glewlwyd("RS256"),
+        ..Options::default()
+    })
+    .await;
+    let issuer = format!("{}/api/oidc", env.url);
+    let disc: Value = env
+        .get_json("/api/oidc/.well-known/openid-configuration")
+        .await;
+    assert_eq!(s(&disc["issuer"]), issuer);
+    assert_eq!(
+        s(&disc["device_authorization_endpoint"]),
+        format!("{}/device/code", env.url)
+    );
+    let token_path = "/api/oidc/token";
+    assert_eq!(
+        s(&disc["token_endpoint"]),
+        format!("{}{token_path}", env.url)
+    );
+    // The IdP's own device endpoint, passed through, refuses: its flow is off.
+    let (status, _, own) = env
+        .post_form(
+            "/api/oidc/device_authorization",
+            &[("client_id", "tv-app"), ("scope", "openid")],
+        )
+        .await;
+    assert_ne!(status, 200, "{own}");
+    for (client, user) in [("tv-app", "alice"), ("kiosk", "bob")] {
+        glewlwyd_login_tokens_refresh_userinfo(&env, &issuer, token_path, client, user).await;
+    }
+}
+
+/// Glewlwyd again, with the gateway on its own origin: the browser logs in at Glewlwyd's origin,
+/// and the device's polls and refreshes go to the gateway's token endpoint, which relays the
+/// refresh to Glewlwyd's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glewlwyd_with_the_gateway_on_its_own_origin() {
+    let env = Env::start(Options {
+        idp: Idp::Glewlwyd("RS256"),
+        own_origin: true,
+        ..Options::default()
+    })
+    .await;
+    // The document under the issuer's path on the gateway's origin.
+    let disc: Value = env
+        .get_json("/api/oidc/.well-known/openid-configuration")
+        .await;
+    let issuer = s(&disc["issuer"]).to_string();
+    assert!(issuer.ends_with("/api/oidc") && !issuer.starts_with(&env.url));
+    let token_path = "/api/oidc/token";
+    assert_eq!(
+        s(&disc["token_endpoint"]),
+        format!("{}{token_path}", env.url)
+    );
+    glewlwyd_login_tokens_refresh_userinfo(&env, &issuer, token_path, "kiosk", "alice").await;
+}
+
+/// One device login of `client` approved in Glewlwyd's login web app as `user`; the tokens at
+/// `token_path` on the gateway; a refresh there (Glewlwyd's are one-time: a new one comes back,
+/// and the spent one is refused); userinfo with the new access token.
+async fn glewlwyd_login_tokens_refresh_userinfo(
+    env: &Env,
+    issuer: &str,
+    token_path: &str,
+    client: &str,
+    user: &str,
+) {
+    let dev = env.authorize(client, "openid profile").await;
+    let report = browser(json!({
+        "name": format!("glewlwyd-{client}-{}", if issuer.starts_with(&env.url) { "proxy" } else { "own-origin" }),
+        "url": dev["verification_uri_complete"],
+        "action": "approve",
+        "username": user,
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+    assert!(
+        report["pages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| s(&p["name"]) == "idp-consent"),
+        "Glewlwyd's consent screen was shown: {report}"
+    );
+    let secret = secret_of(client);
+    let mut form = vec![
+        ("grant_type", DEVICE_GRANT),
+        ("device_code", s(&dev["device_code"])),
+        ("client_id", client),
+    ];
+    form.extend(secret.map(|v| ("client_secret", v)));
+    let (status, _, tokens) = env.post_form(token_path, &form).await;
+    assert_eq!(status, 200, "{tokens}");
+    let claims = jwt_part(s(&tokens["id_token"]), 1);
+    assert_eq!(s(&claims["iss"]), issuer);
+    assert_eq!(s(&claims["aud"]), client, "{claims}");
+    let mut refresh = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", s(&tokens["refresh_token"])),
+        ("client_id", client),
+    ];
+    refresh.extend(secret.map(|v| ("client_secret", v)));
+    let (status, _, refreshed) = env.post_form(token_path, &refresh).await;
+    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
+    assert_ne!(s(&refreshed["refresh_token"]), s(&tokens["refresh_token"]));
+    let (status, _, again) = env.post_form(token_path, &refresh).await;
+    assert_eq!(status, 400, "a spent refresh token: {again}");
+    let me = env
+        .http
+        .get(format!("{issuer}/userinfo"))
+        .bearer_auth(s(&refreshed["access_token"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(s(&me["sub"]), s(&claims["sub"]), "{me}");
 }

@@ -50,12 +50,18 @@ const axeViolations = [];
 const axeSource = args.axe ? fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8') : null;
 const gatewayOrigin = new URL(args.url).origin;
 let shot = 0;
+let current = null;
+const problems = [];
 try {
   const context = await browser.newContext({
     viewport: { width: 390, height: 844 },
     ...(args.locale ? { locale: args.locale } : {}),
   });
   const page = await context.newPage();
+  current = page;
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  page.on('requestfailed', (r) => problems.push(`failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on('response', (r) => { if (r.status() >= 400) problems.push(`${r.status()}: ${r.url()}`); });
   page.setDefaultTimeout(15000);
   let lastStatus = 0;
   page.on('response', (r) => { if (r.request().isNavigationRequest()) lastStatus = r.status(); });
@@ -96,8 +102,36 @@ try {
   };
   // oidc-provider's development login page, then (for offline_access) its consent page, until
   // the browser is back on devicegate's pages (an IdP session may skip the login).
+  // Glewlwyd's login web app (a script page at /login.html): user name and password, then its
+  // consent screen (tick every scope, "Grant access"), then "Continue" back to the client.
+  const glewlwydLogin = async () => {
+    await page.locator('#password').or(page.getByRole('button', { name: 'Continue' })).first().waitFor();
+    if (await page.locator('#password').count() > 0) {
+      await snap('idp-login');
+      await page.fill('#username', args.username || 'alice');
+      await page.fill('#password', 'password');
+      await page.locator('#password').press('Enter');
+    }
+    const grant = page.getByRole('button', { name: 'Grant access' });
+    const next = page.getByRole('button', { name: 'Continue' });
+    await grant.or(next).first().waitFor();
+    if (await grant.count() > 0 && await grant.isVisible()) {
+      await snap('idp-consent');
+      for (const box of await page.locator('input[type=checkbox]').all()) {
+        if (!(await box.isChecked())) await box.check();
+      }
+      await grant.click();
+    }
+    await next.click();
+    await page.waitForURL((u) => u.pathname.startsWith('/device'));
+    await page.waitForLoadState();
+  };
   const idpLogin = async () => {
     for (let i = 0; i < 6 && !new URL(page.url()).pathname.startsWith('/device'); i += 1) {
+      if (new URL(page.url()).pathname.endsWith('/login.html')) {
+        await glewlwydLogin();
+        break;
+      }
       if (await page.locator('input[name=login]').count() > 0) {
         await snap('idp-login');
         if (args.idp_action === 'abort') {
@@ -138,7 +172,8 @@ try {
     await page.locator(`button[name=action][value=${args.action}]`).click();
     await page.waitForLoadState();
     if (args.action === 'approve' && args.idp_action !== 'none') {
-      await page.locator('input[name=login]').or(page.locator('[data-outcome]')).first().waitFor();
+      await page.locator('input[name=login]').or(page.locator('[data-outcome]'))
+        .or(page.locator('#username')).first().waitFor();
       await idpLogin();
     }
     await snap('result');
@@ -149,6 +184,16 @@ try {
   console.log(JSON.stringify({
     url: page.url(), status: lastStatus, title: await page.title(), text, lang, dir, prefilled, pages, axe: axeViolations,
   }));
+} catch (e) {
+  // Where the browser was when it failed: its address, and a screenshot beside the others.
+  if (current) {
+    console.error(`the browser was at ${current.url()}`);
+    for (const p of problems.slice(-20)) console.error(`  ${p}`);
+    if (args.screenshots) {
+      await current.screenshot({ path: path.join(args.screenshots, 'failure.png'), fullPage: true }).catch(() => {});
+    }
+  }
+  throw e;
 } finally {
   await browser.close();
 }
