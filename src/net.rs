@@ -5,9 +5,84 @@
 //! `Forwarded`); the client is the rightmost address there that is not itself a trusted proxy,
 //! since every hop appends the address it saw and only the hops we trust are honest. A request
 //! from any other peer is its own client, whatever it claims.
+//!
+//! [`Resolving`] keeps a `host:port` (`upstream.address`) resolved while the gateway runs: a
+//! SaaS IdP's addresses change, and a proxy that resolved its name once would keep sending
+//! traffic to an address the IdP has given up.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// A `host:port` and the address it resolved to. A host name is resolved again in the
+/// background once its last answer is `ttl` old; requests meanwhile use the address they have
+/// (they never wait for DNS). A failed resolution keeps the last address, says so in the log,
+/// and is tried again after another `ttl`. An IP address is never resolved.
+pub struct Resolving {
+    address: String,
+    name: bool,
+    ttl: Duration,
+    timeout: Duration,
+    state: RwLock<(SocketAddr, Instant)>,
+    busy: AtomicBool,
+}
+
+impl Resolving {
+    /// `address` resolved to `first` at `at`.
+    pub fn new(
+        address: &str,
+        first: SocketAddr,
+        at: Instant,
+        ttl: Duration,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            address: address.to_string(),
+            name: address.parse::<SocketAddr>().is_err(),
+            ttl,
+            timeout,
+            state: RwLock::new((first, at)),
+            busy: AtomicBool::new(false),
+        })
+    }
+
+    /// The address to connect to at `now`; starts resolving the name again when it is due.
+    pub fn current(self: &Arc<Self>, now: Instant) -> SocketAddr {
+        let (addr, at) = *self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let due = self.name && now.saturating_duration_since(at) >= self.ttl;
+        if due && !self.busy.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            tokio::spawn(async move { me.refresh().await });
+        }
+        addr
+    }
+
+    async fn refresh(&self) {
+        let lookup = tokio::net::lookup_host(self.address.as_str());
+        let found = match tokio::time::timeout(self.timeout, lookup).await {
+            Ok(Ok(mut addrs)) => addrs.next(),
+            _ => None,
+        };
+        {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            match found {
+                Some(addr) => {
+                    if addr != state.0 {
+                        tracing::info!(address = %self.address, from = %state.0, to = %addr, "upstream.address resolves to a new address");
+                    }
+                    *state = (addr, Instant::now());
+                }
+                None => {
+                    tracing::warn!(address = %self.address, keeping = %state.0, "upstream.address cannot be resolved; the last address is kept");
+                    state.1 = Instant::now();
+                }
+            }
+        }
+        self.busy.store(false, Ordering::Release);
+    }
+}
 
 /// An address block such as `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +254,50 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
         .filter(|(_, port)| port.parse::<u16>().is_ok())
         .and_then(|(ip, _)| ip.parse::<std::net::Ipv4Addr>().ok())
         .map(IpAddr::V4)
+}
+
+#[cfg(test)]
+mod resolving_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_host_name_is_resolved_again_once_due_and_an_address_never() {
+        let stale = "10.255.255.1:4321".parse().unwrap();
+        let ttl = Duration::from_secs(60);
+        let long_ago = Instant::now() - 2 * ttl;
+        let name = Resolving::new("localhost:4321", stale, long_ago, ttl, ttl);
+        // Not waited for: this request still gets the address it had.
+        assert_eq!(name.current(Instant::now()), stale);
+        let mut now = stale;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            now = name.current(Instant::now());
+            if now != stale {
+                break;
+            }
+        }
+        assert!(now.ip().is_loopback() && now.port() == 4321, "{now}");
+        // Fresh again: no new resolution until another ttl has passed.
+        assert!(!name.busy.load(Ordering::Acquire));
+        assert_eq!(name.current(Instant::now()), now);
+        assert!(!name.busy.load(Ordering::Acquire));
+
+        let ip = Resolving::new("10.255.255.1:4321", stale, long_ago, ttl, ttl);
+        assert_eq!(ip.current(Instant::now()), stale);
+        assert!(!ip.busy.load(Ordering::Acquire));
+
+        // A name that does not resolve keeps the last address.
+        let gone = Resolving::new("no-such-host.invalid:4321", stale, long_ago, ttl, ttl);
+        gone.current(Instant::now());
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if !gone.busy.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        assert_eq!(gone.current(Instant::now()), stale);
+        assert!(!gone.busy.load(Ordering::Acquire), "not due again yet");
+    }
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ impl fmt::Debug for Secret {
 pub struct Upstream {
     /// The `address` as written (`host:port`).
     pub address: String,
-    /// `address` resolved once at start-up.
+    /// `address` resolved at start-up (the gateway resolves a host name again once a minute).
     pub addr: SocketAddr,
     /// The IdP's issuer as a URL, for building URLs: a trailing slash is removed from its path
     /// (`https://id.example/realms/x`), though an issuer without a path still prints with the

@@ -94,6 +94,8 @@ pub struct Gateway {
     redirect_headers: Vec<(&'static str, HeaderValue)>,
     /// Resolved relay origins ([`Relay`]), by origin, with when they were resolved.
     relays: tokio::sync::Mutex<std::collections::HashMap<String, (Arc<Relay>, std::time::Instant)>>,
+    /// `upstream.address`, resolved again once a minute when it is a host name.
+    upstream_addr: Arc<crate::net::Resolving>,
 }
 
 /// The pages' security headers. The CSP's `form-action` must let the consent form's redirect
@@ -177,7 +179,7 @@ pub struct Relay {
     authority: HeaderValue,
 }
 
-/// How long a relay origin's resolved address is reused.
+/// How long a resolved address of the IdP (a relay origin's, `upstream.address`) is reused.
 const RELAY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The IdP's token endpoint path, where the gateway answers device-code polls.
@@ -260,6 +262,13 @@ impl Gateway {
             forwarded_proto: HeaderValue::from_static(if secure { "https" } else { "http" }),
             own_origin,
             relays: Default::default(),
+            upstream_addr: crate::net::Resolving::new(
+                &config.upstream.address,
+                config.upstream.addr,
+                std::time::Instant::now(),
+                RELAY_TTL,
+                config.upstream.timeout,
+            ),
             device,
             oidc,
             pages,
@@ -605,7 +614,11 @@ impl ProxyHttp for Gateway {
         let up = &self.config.upstream;
         let mut peer = match &ctx.relay {
             Some(r) => HttpPeer::new(r.addr, r.tls, r.sni.clone()),
-            None => HttpPeer::new(up.addr, up.tls, up.sni.clone()),
+            None => HttpPeer::new(
+                self.upstream_addr.current(std::time::Instant::now()),
+                up.tls,
+                up.sni.clone(),
+            ),
         };
         peer.options.connection_timeout = Some(up.timeout);
         peer.options.total_connection_timeout = Some(up.timeout);
