@@ -21,7 +21,8 @@
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: the admin listener serving them with
 //!   `/healthz` and `/readyz`.
 //! - [`limits`]: rate limits (user-code brute force, device and token endpoint floods).
-//! - [`net`]: CIDR blocks and the real client address behind trusted proxies.
+//! - [`net`]: CIDR blocks, the real client address behind trusted proxies, and
+//!   `upstream.address` kept resolved ([`net::Resolving`]).
 //! - [`error`]: the OAuth error enum and its JSON wire format.
 
 pub mod admin;

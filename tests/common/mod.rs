@@ -106,6 +106,8 @@ pub enum Idp {
     /// `oauth2-mock-server` shaped like a Keycloak realm (tests/idp2): issuer `/realms/demo`,
     /// endpoints under `/protocol/openid-connect/`, ID tokens signed with this algorithm, JWT
     /// access tokens, rotating refresh tokens, and no login page (authorize signs in at once).
+    /// A mock, kept only where no real server here can stand in: Keycloak's paths and token
+    /// fields, a JWKS with an encryption key, and an IdP session of a chosen age (`max_age`).
     Keycloakish(&'static str),
     /// django-oauth-toolkit (PyPI, tests/idp3): issuer `/o`, endpoints with trailing slashes,
     /// RS256, rotating refresh tokens, a login page and no consent page.

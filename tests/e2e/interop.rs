@@ -1,7 +1,16 @@
-//! Interoperability: a second, independent IdP (`oauth2-mock-server` shaped like a Keycloak
-//! realm: issuer with a path, endpoints on other paths, ES256/EdDSA ID tokens, JWT access tokens,
-//! no `end_session_endpoint` needed), the gateway on its own origin, and the request shapes
-//! other ecosystems send. Real clients written by others are in `clients`.
+//! Interoperability with identity providers nobody here wrote, and the request shapes other
+//! ecosystems send (real device clients are in `clients`).
+//!
+//! Real servers: django-oauth-toolkit (tests/idp3: issuer `/o`, trailing-slash endpoints) and
+//! Glewlwyd (tests/idp4: issuer `/api/oidc`, its own device flow off, login web app and consent
+//! screen, one-time refresh tokens, RS256/ES256/EdDSA keys, and an ES512 key refused), each with
+//! the gateway at their origin or on its own; oidc-provider (tests/idp) in AWS Cognito's and
+//! Azure AD B2C's layouts.
+//!
+//! The mock (`oauth2-mock-server` as a Keycloak realm, tests/idp2) stays for what no server
+//! installable here does: Keycloak's own paths and token fields (`refresh_expires_in`, JWT
+//! access tokens) and a JWKS that also holds an encryption key. Keycloak itself ships from
+//! GitHub, Maven Central and Quay, none of which this project's machines reach.
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -17,7 +26,8 @@ fn jwt_part(jwt: &str, i: usize) -> Value {
 }
 
 /// Discovery at the issuer's path, a device login approved in the browser, the tokens once,
-/// and a refresh through the gateway, against the Keycloak-like IdP signing with `alg`.
+/// and a refresh through the gateway, against the Keycloak-like mock signing with `alg`:
+/// Keycloak's paths, its RFC 8414 variant and its token fields.
 async fn flow_with_keycloakish(alg: &'static str) {
     let env = Env::start(Options {
         idp: Idp::Keycloakish(alg),
@@ -106,9 +116,10 @@ async fn keycloak_like_idp_rs256() {
     flow_with_keycloakish("RS256").await;
 }
 
-/// The Rust `openidconnect` crate's device flow (the demo client) against the second IdP: it
-/// discovers at the issuer's path, verifies the EdDSA-signed ID token with the JWKS (which also
-/// holds an encryption key it must skip), and refreshes.
+/// The Rust `openidconnect` crate's device flow (the demo client) against the Keycloak-like
+/// mock: it discovers at the issuer's path, verifies the EdDSA-signed ID token with the JWKS
+/// (which also holds an encryption key it must skip, what no real server here publishes), and
+/// refreshes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_openidconnect_client_with_the_keycloak_like_idp() {
     let env = Env::start(Options {
