@@ -510,6 +510,7 @@ async fn django_oauth_toolkit_behind_the_gateway() {
             .unwrap();
         assert_eq!(me.status(), 200);
         assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
+        println!("FLOW django-oauth-toolkit at the gateway's origin, {client}: issuer {issuer}; browser login; tokens 200; refresh 200 at /o/token/ (rotated); userinfo 200 sub={user}");
     }
 }
 
@@ -545,6 +546,12 @@ async fn login_tokens_refresh_userinfo(env: &Env, disc: &Value, name: &str, user
         .unwrap();
     assert_eq!(me.status(), 200);
     assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
+    println!(
+        "FLOW {name}: issuer {issuer}; browser login via {}; tokens 200; refresh 200 at {}/token; userinfo 200 at {} sub={user}",
+        s(&disc["authorization_endpoint"]),
+        env.url,
+        s(&disc["userinfo_endpoint"])
+    );
     report
 }
 
@@ -671,4 +678,10 @@ async fn glewlwyd_login_tokens_refresh_userinfo(
     assert_eq!(me.status(), 200);
     let me: Value = me.json().await.unwrap();
     assert_eq!(s(&me["sub"]), s(&claims["sub"]), "{me}");
+    println!(
+        "FLOW Glewlwyd {}, {client}: issuer {issuer}; browser login and grant screen; tokens 200; refresh 200 at {}{token_path} (one-time: the spent one 400); userinfo 200 sub={}",
+        if issuer.starts_with(&env.url) { "at the gateway's origin" } else { "with the gateway on its own origin" },
+        env.url,
+        s(&me["sub"])
+    );
 }
