@@ -574,15 +574,26 @@ impl Gate {
         (status, body)
     }
 
-    /// One device-code poll at the IdP's token endpoint (through the gateway).
+    /// One device-code poll at the IdP's token endpoint (through the gateway), `/token`.
     pub async fn poll(&self, client_id: &str, device_code: &str) -> (u16, Value) {
+        self.poll_at("/token", client_id, device_code).await
+    }
+
+    /// One device-code poll at `token_path` on the gateway, with the client's secret if it has
+    /// one.
+    pub async fn poll_at(
+        &self,
+        token_path: &str,
+        client_id: &str,
+        device_code: &str,
+    ) -> (u16, Value) {
         let mut form = vec![
             ("grant_type", DEVICE_GRANT),
             ("device_code", device_code),
             ("client_id", client_id),
         ];
         form.extend(secret_of(client_id).map(|s| ("client_secret", s)));
-        let (status, headers, body) = self.post_form("/token", &form).await;
+        let (status, headers, body) = self.post_form(token_path, &form).await;
         assert_eq!(headers["cache-control"], "no-store", "{body}");
         (status, body)
     }

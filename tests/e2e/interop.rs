@@ -25,24 +25,32 @@ fn jwt_part(jwt: &str, i: usize) -> Value {
     serde_json::from_slice(&raw).unwrap()
 }
 
-/// Discovery at the issuer's path, a device login approved in the browser, the tokens once,
-/// and a refresh through the gateway, against the Keycloak-like mock signing with `alg`:
-/// Keycloak's paths, its RFC 8414 variant and its token fields.
-async fn flow_with_keycloakish(alg: &'static str) {
+/// The gateway at the origin of `idp`, whose issuer has `issuer_path`: the environment, the
+/// issuer, and the discovery document served under the issuer's path, which names the issuer
+/// and the gateway's device endpoint.
+async fn at_the_origin_of(idp: Idp, issuer_path: &str) -> (Env, String, Value) {
     let env = Env::start(Options {
-        idp: Idp::Keycloakish(alg),
+        idp,
         ..Options::default()
     })
     .await;
-    let issuer = format!("{}/realms/demo", env.url);
+    let issuer = format!("{}{issuer_path}", env.url);
     let disc: Value = env
-        .get_json("/realms/demo/.well-known/openid-configuration")
+        .get_json(&format!("{issuer_path}/.well-known/openid-configuration"))
         .await;
     assert_eq!(s(&disc["issuer"]), issuer);
     assert_eq!(
         s(&disc["device_authorization_endpoint"]),
         format!("{}/device/code", env.url)
     );
+    (env, issuer, disc)
+}
+
+/// Discovery at the issuer's path, a device login approved in the browser, the tokens once,
+/// and a refresh through the gateway, against the Keycloak-like mock signing with `alg`:
+/// Keycloak's paths, its RFC 8414 variant and its token fields.
+async fn flow_with_keycloakish(alg: &'static str) {
+    let (env, issuer, disc) = at_the_origin_of(Idp::Keycloakish(alg), "/realms/demo").await;
     let token_endpoint = s(&disc["token_endpoint"]).to_string();
     assert_eq!(
         token_endpoint,
@@ -162,15 +170,8 @@ async fn glewlwyd_signing_with_es256_and_eddsa() {
             "{alg}: {report}\n{}",
             env.gateway_log()
         );
-        let (status, _, tokens) = env
-            .post_form(
-                "/api/oidc/token",
-                &[
-                    ("grant_type", DEVICE_GRANT),
-                    ("device_code", s(&dev["device_code"])),
-                    ("client_id", "tv-app"),
-                ],
-            )
+        let (status, tokens) = env
+            .poll_at("/api/oidc/token", "tv-app", s(&dev["device_code"]))
             .await;
         assert_eq!(status, 200, "{alg}: {tokens}");
         assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 0)["alg"]), alg);
@@ -223,15 +224,8 @@ async fn an_idp_signing_only_with_an_unverifiable_algorithm_is_reported_not_trus
         (Some(400), "Sign-in did not complete"),
         "{report}"
     );
-    let (status, _, body) = env
-        .post_form(
-            "/api/oidc/token",
-            &[
-                ("grant_type", DEVICE_GRANT),
-                ("device_code", s(&dev["device_code"])),
-                ("client_id", "tv-app"),
-            ],
-        )
+    let (status, body) = env
+        .poll_at("/api/oidc/token", "tv-app", s(&dev["device_code"]))
         .await;
     assert_eq!(
         (status, s(&body["error"])),
@@ -455,18 +449,7 @@ async fn discovery_under_another_path_than_the_issuer_like_b2c() {
 /// approved in the browser, tokens, a refresh (rotating) and userinfo through the gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_oauth_toolkit_behind_the_gateway() {
-    let env = Env::start(Options {
-        idp: Idp::DjangoOauthToolkit,
-        ..Options::default()
-    })
-    .await;
-    let issuer = format!("{}/o", env.url);
-    let disc: Value = env.get_json("/o/.well-known/openid-configuration").await;
-    assert_eq!(s(&disc["issuer"]), issuer);
-    assert_eq!(
-        s(&disc["device_authorization_endpoint"]),
-        format!("{}/device/code", env.url)
-    );
+    let (env, issuer, disc) = at_the_origin_of(Idp::DjangoOauthToolkit, "/o").await;
     assert_eq!(s(&disc["token_endpoint"]), format!("{issuer}/token/"));
     for (client, user) in [("tv-app", "dora"), ("kiosk", "kim")] {
         let dev = env.authorize(client, "openid profile").await;
@@ -561,20 +544,7 @@ async fn login_tokens_refresh_userinfo(env: &Env, disc: &Value, name: &str, user
 /// refresh through the gateway and userinfo.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glewlwyd_with_its_own_device_flow_off_behind_the_gateway() {
-    let env = Env::start(Options {
-        idp: Idp::Glewlwyd("RS256"),
-        ..Options::default()
-    })
-    .await;
-    let issuer = format!("{}/api/oidc", env.url);
-    let disc: Value = env
-        .get_json("/api/oidc/.well-known/openid-configuration")
-        .await;
-    assert_eq!(s(&disc["issuer"]), issuer);
-    assert_eq!(
-        s(&disc["device_authorization_endpoint"]),
-        format!("{}/device/code", env.url)
-    );
+    let (env, issuer, disc) = at_the_origin_of(Idp::Glewlwyd("RS256"), "/api/oidc").await;
     let token_path = "/api/oidc/token";
     assert_eq!(
         s(&disc["token_endpoint"]),
@@ -646,13 +616,9 @@ async fn glewlwyd_login_tokens_refresh_userinfo(
         "Glewlwyd's consent screen was shown: {report}"
     );
     let secret = secret_of(client);
-    let mut form = vec![
-        ("grant_type", DEVICE_GRANT),
-        ("device_code", s(&dev["device_code"])),
-        ("client_id", client),
-    ];
-    form.extend(secret.map(|v| ("client_secret", v)));
-    let (status, _, tokens) = env.post_form(token_path, &form).await;
+    let (status, tokens) = env
+        .poll_at(token_path, client, s(&dev["device_code"]))
+        .await;
     assert_eq!(status, 200, "{tokens}");
     let claims = jwt_part(s(&tokens["id_token"]), 1);
     assert_eq!(s(&claims["iss"]), issuer);
