@@ -103,6 +103,8 @@ pub struct Options {
 pub enum Idp {
     /// `oidc-provider` (tests/idp): issuer without a path, RS256, login and consent pages.
     OidcProvider,
+    /// The same, with an issuer that has this path (the provider mounted under it).
+    OidcProviderAt(&'static str),
     /// `oauth2-mock-server` shaped like a Keycloak realm (tests/idp2): issuer `/realms/demo`,
     /// endpoints under `/protocol/openid-connect/`, ID tokens signed with this algorithm, JWT
     /// access tokens, rotating refresh tokens, and no login page (authorize signs in at once).
@@ -213,6 +215,7 @@ impl Env {
         let url = format!("http://127.0.0.1:{port}");
         let issuer_path = match opts.idp {
             Idp::OidcProvider => "",
+            Idp::OidcProviderAt(path) => path,
             Idp::Keycloakish(_) => "/realms/demo",
             Idp::DjangoOauthToolkit => "/o",
             Idp::Glewlwyd(_) => "/api/oidc",
@@ -637,7 +640,7 @@ fn start_idp(
         {"client_id": "kiosk", "client_secret": KIOSK_SECRET, "redirect_uris": [callback]},
     ]);
     let (dir, alg) = match kind {
-        Idp::OidcProvider => (idp_dir(), "RS256"),
+        Idp::OidcProvider | Idp::OidcProviderAt(_) => (idp_dir(), "RS256"),
         Idp::Keycloakish(alg) => {
             let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp2");
             assert!(

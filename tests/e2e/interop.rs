@@ -4,8 +4,9 @@
 //! Real servers: django-oauth-toolkit (tests/idp3: issuer `/o`, trailing-slash endpoints) and
 //! Glewlwyd (tests/idp4: issuer `/api/oidc`, its own device flow off, login web app and consent
 //! screen, one-time refresh tokens, RS256/ES256/EdDSA keys, and an ES512 key refused), each with
-//! the gateway at their origin or on its own; oidc-provider (tests/idp) in AWS Cognito's and
-//! Azure AD B2C's layouts.
+//! the gateway at their origin or on its own; oidc-provider (tests/idp) under an issuer path
+//! and in AWS Cognito's and Azure AD B2C's layouts. One helper,
+//! `login_tokens_refresh_userinfo_at`, runs the same flow through each and prints a FLOW line.
 //!
 //! The mock (`oauth2-mock-server` as a Keycloak realm, tests/idp2) stays for what no server
 //! installable here does: Keycloak's own paths and token fields (`refresh_expires_in`, JWT
@@ -399,7 +400,8 @@ async fn endpoints_on_another_origin_than_the_issuer_like_cognito() {
         "the fixture keeps the token endpoint off the issuer"
     );
 
-    let report = login_tokens_refresh_userinfo(&env, &disc, "cognito-layout", "carmen").await;
+    let idp = own_origin_oidc_provider("cognito-layout", &disc);
+    let report = login_tokens_refresh_userinfo_at(&env, &idp, "tv-app", "carmen").await;
     assert!(
         report["pages"]
             .as_array()
@@ -441,7 +443,8 @@ async fn discovery_under_another_path_than_the_issuer_like_b2c() {
         "the fixture serves discovery only under the flow"
     );
 
-    login_tokens_refresh_userinfo(&env, &disc, "b2c-layout", "bianca").await;
+    let idp = own_origin_oidc_provider("b2c-layout", &disc);
+    login_tokens_refresh_userinfo_at(&env, &idp, "tv-app", "bianca").await;
 }
 
 /// django-oauth-toolkit (PyPI), a real OpenID Connect server, at the gateway's origin with an
@@ -450,92 +453,37 @@ async fn discovery_under_another_path_than_the_issuer_like_b2c() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_oauth_toolkit_behind_the_gateway() {
     let (env, issuer, disc) = at_the_origin_of(Idp::DjangoOauthToolkit, "/o").await;
-    assert_eq!(s(&disc["token_endpoint"]), format!("{issuer}/token/"));
+    let token_path = "/o/token/";
+    assert_eq!(
+        s(&disc["token_endpoint"]),
+        format!("{}{token_path}", env.url)
+    );
+    let idp = Upstream {
+        name: "django",
+        issuer: &issuer,
+        token_path,
+        userinfo: format!("{issuer}/userinfo/"),
+        scope: "openid profile",
+        consent_screen: false,
+        one_time_refresh: true,
+    };
     for (client, user) in [("tv-app", "dora"), ("kiosk", "kim")] {
-        let dev = env.authorize(client, "openid profile").await;
-        let report = browser(json!({
-            "name": format!("django-{client}"),
-            "url": format!("{}/device", env.url),
-            "user_code": dev["user_code"],
-            "action": "approve",
-            "username": user,
-            "owned_prefix": "/device",
-        }))
-        .await;
-        assert_eq!(s(&report["title"]), "You're signed in", "{report}");
-        let secret = secret_of(client);
-        let mut form = vec![
-            ("grant_type", DEVICE_GRANT),
-            ("device_code", s(&dev["device_code"])),
-            ("client_id", client),
-        ];
-        form.extend(secret.map(|v| ("client_secret", v)));
-        let (status, _, tokens) = env.post_form("/o/token/", &form).await;
-        assert_eq!(status, 200, "{tokens}");
-        assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
-        assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["sub"]), user);
-        // A refresh through the gateway, passed to the IdP; the toolkit rotates the token.
-        let mut refresh = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", s(&tokens["refresh_token"])),
-            ("client_id", client),
-        ];
-        refresh.extend(secret.map(|v| ("client_secret", v)));
-        let (status, _, refreshed) = env.post_form("/o/token/", &refresh).await;
-        assert_eq!(status, 200, "{refreshed}");
-        assert_ne!(s(&refreshed["refresh_token"]), s(&tokens["refresh_token"]));
-        let me = env
-            .http
-            .get(format!("{issuer}/userinfo/"))
-            .bearer_auth(s(&refreshed["access_token"]))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(me.status(), 200);
-        assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
-        println!("FLOW django-oauth-toolkit at the gateway's origin, {client}: issuer {issuer}; browser login; tokens 200; refresh 200 at /o/token/ (rotated); userinfo 200 sub={user}");
+        login_tokens_refresh_userinfo_at(&env, &idp, client, user).await;
     }
 }
 
-/// With the gateway on its own origin: a device login approved in the browser as `user`, the
-/// tokens (whose `iss` is the document's issuer), a refresh sent to the gateway's token
-/// endpoint, and userinfo at the document's endpoint. Returns the browser's report.
-async fn login_tokens_refresh_userinfo(env: &Env, disc: &Value, name: &str, user: &str) -> Value {
-    let issuer = s(&disc["issuer"]);
-    let dev = env
-        .authorize("tv-app", "openid profile offline_access")
-        .await;
-    let report = browser(json!({
-        "name": name,
-        "url": dev["verification_uri_complete"],
-        "action": "approve",
-        "username": user,
-    }))
-    .await;
-    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
-    let (status, tokens) = env.poll("tv-app", s(&dev["device_code"])).await;
-    assert_eq!(status, 200, "{tokens}");
-    assert_eq!(s(&jwt_part(s(&tokens["id_token"]), 1)["iss"]), issuer);
-    let (status, refreshed) = env
-        .refresh("/token", "tv-app", s(&tokens["refresh_token"]))
-        .await;
-    assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
-    let me = env
-        .http
-        .get(s(&disc["userinfo_endpoint"]))
-        .bearer_auth(s(&refreshed["access_token"]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), 200);
-    assert_eq!(s(&me.json::<Value>().await.unwrap()["sub"]), user);
-    println!(
-        "FLOW {name}: issuer {issuer}; browser login via {}; tokens 200; refresh 200 at {}/token; userinfo 200 at {} sub={user}",
-        s(&disc["authorization_endpoint"]),
-        env.url,
-        s(&disc["userinfo_endpoint"])
-    );
-    report
+/// oidc-provider as [`login_tokens_refresh_userinfo_at`] sees it with the gateway on its own
+/// origin, `disc` being the gateway's discovery document.
+fn own_origin_oidc_provider<'a>(name: &'a str, disc: &'a Value) -> Upstream<'a> {
+    Upstream {
+        name,
+        issuer: s(&disc["issuer"]),
+        token_path: "/token",
+        userinfo: s(&disc["userinfo_endpoint"]).to_string(),
+        scope: "openid profile offline_access",
+        consent_screen: true,
+        one_time_refresh: false,
+    }
 }
 
 /// Glewlwyd 2.7.5, Debian's single-sign-on server, with its own device flow switched off:
@@ -558,8 +506,9 @@ async fn glewlwyd_with_its_own_device_flow_off_behind_the_gateway() {
         )
         .await;
     assert_ne!(status, 200, "{own}");
+    let glewlwyd = glewlwyd(&issuer, token_path);
     for (client, user) in [("tv-app", "alice"), ("kiosk", "bob")] {
-        glewlwyd_login_tokens_refresh_userinfo(&env, &issuer, token_path, client, user).await;
+        login_tokens_refresh_userinfo_at(&env, &glewlwyd, client, user).await;
     }
 }
 
@@ -585,36 +534,65 @@ async fn glewlwyd_with_the_gateway_on_its_own_origin() {
         s(&disc["token_endpoint"]),
         format!("{}{token_path}", env.url)
     );
-    glewlwyd_login_tokens_refresh_userinfo(&env, &issuer, token_path, "kiosk", "alice").await;
+    login_tokens_refresh_userinfo_at(&env, &glewlwyd(&issuer, token_path), "kiosk", "alice").await;
 }
 
-/// One device login of `client` approved in Glewlwyd's login web app as `user`; the tokens at
-/// `token_path` on the gateway; a refresh there (Glewlwyd's are one-time: a new one comes back,
-/// and the spent one is refused); userinfo with the new access token.
-async fn glewlwyd_login_tokens_refresh_userinfo(
+/// An IdP as [`login_tokens_refresh_userinfo_at`] checks it.
+struct Upstream<'a> {
+    /// For the screenshots' folder and the FLOW line.
+    name: &'a str,
+    issuer: &'a str,
+    /// Where devices poll and refresh, on the gateway.
+    token_path: &'a str,
+    userinfo: String,
+    /// What the device asks for (refresh tokens need `offline_access` at some IdPs, and are
+    /// not a scope at others).
+    scope: &'a str,
+    /// The IdP shows a consent (grant) screen of its own.
+    consent_screen: bool,
+    /// Refresh tokens are one-time: a new one comes back and the spent one is refused.
+    one_time_refresh: bool,
+}
+
+/// One device login of `client` approved in the browser as `user` at `idp`; the tokens at the
+/// gateway's token path (the ID token's `iss` and `aud`); a refresh there; userinfo with the new
+/// access token naming the ID token's subject. Returns the browser's report.
+async fn login_tokens_refresh_userinfo_at(
     env: &Env,
-    issuer: &str,
-    token_path: &str,
+    idp: &Upstream<'_>,
     client: &str,
     user: &str,
-) {
-    let dev = env.authorize(client, "openid profile").await;
+) -> Value {
+    let Upstream {
+        name,
+        issuer,
+        token_path,
+        ..
+    } = *idp;
+    let mode = if issuer.starts_with(&env.url) {
+        "at the gateway's origin"
+    } else {
+        "with the gateway on its own origin"
+    };
+    let dev = env.authorize(client, idp.scope).await;
     let report = browser(json!({
-        "name": format!("glewlwyd-{client}-{}", if issuer.starts_with(&env.url) { "proxy" } else { "own-origin" }),
+        "name": format!("{name}-{client}-{}", if issuer.starts_with(&env.url) { "proxy" } else { "own-origin" }),
         "url": dev["verification_uri_complete"],
         "action": "approve",
         "username": user,
     }))
     .await;
     assert_eq!(s(&report["title"]), "You're signed in", "{report}");
-    assert!(
-        report["pages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| s(&p["name"]) == "idp-consent"),
-        "Glewlwyd's consent screen was shown: {report}"
-    );
+    if idp.consent_screen {
+        assert!(
+            report["pages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| s(&p["name"]) == "idp-consent"),
+            "{name}'s consent screen was shown: {report}"
+        );
+    }
     let secret = secret_of(client);
     let (status, tokens) = env
         .poll_at(token_path, client, s(&dev["device_code"]))
@@ -631,12 +609,14 @@ async fn glewlwyd_login_tokens_refresh_userinfo(
     refresh.extend(secret.map(|v| ("client_secret", v)));
     let (status, _, refreshed) = env.post_form(token_path, &refresh).await;
     assert_eq!(status, 200, "{refreshed}\n{}", env.gateway_log());
-    assert_ne!(s(&refreshed["refresh_token"]), s(&tokens["refresh_token"]));
-    let (status, _, again) = env.post_form(token_path, &refresh).await;
-    assert_eq!(status, 400, "a spent refresh token: {again}");
+    if idp.one_time_refresh {
+        assert_ne!(s(&refreshed["refresh_token"]), s(&tokens["refresh_token"]));
+        let (status, _, again) = env.post_form(token_path, &refresh).await;
+        assert_eq!(status, 400, "a spent refresh token: {again}");
+    }
     let me = env
         .http
-        .get(format!("{issuer}/userinfo"))
+        .get(&idp.userinfo)
         .bearer_auth(s(&refreshed["access_token"]))
         .send()
         .await
@@ -645,9 +625,50 @@ async fn glewlwyd_login_tokens_refresh_userinfo(
     let me: Value = me.json().await.unwrap();
     assert_eq!(s(&me["sub"]), s(&claims["sub"]), "{me}");
     println!(
-        "FLOW Glewlwyd {}, {client}: issuer {issuer}; browser login and grant screen; tokens 200; refresh 200 at {}{token_path} (one-time: the spent one 400); userinfo 200 sub={}",
-        if issuer.starts_with(&env.url) { "at the gateway's origin" } else { "with the gateway on its own origin" },
+        "FLOW {name} {mode}, {client}: issuer {issuer}; browser login{}; tokens 200; refresh 200 at {}{token_path}{}; userinfo 200 sub={}",
+        if idp.consent_screen { " and consent screen" } else { "" },
         env.url,
+        if idp.one_time_refresh { " (one-time: the spent one 400)" } else { "" },
         s(&me["sub"])
     );
+    report
+}
+
+/// Glewlwyd as [`login_tokens_refresh_userinfo_at`] sees it.
+fn glewlwyd<'a>(issuer: &'a str, token_path: &'a str) -> Upstream<'a> {
+    Upstream {
+        name: "glewlwyd",
+        issuer,
+        token_path,
+        userinfo: format!("{issuer}/userinfo"),
+        scope: "openid profile",
+        consent_screen: true,
+        one_time_refresh: true,
+    }
+}
+
+/// oidc-provider with an issuer that has a path (`/tenants/acme`, the provider mounted under it
+/// and nothing served elsewhere): discovery, the login and consent pages, the token endpoint
+/// and userinfo all under the path, behind the gateway; a public and a confidential client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_provider_with_an_issuer_path() {
+    let (env, issuer, disc) =
+        at_the_origin_of(Idp::OidcProviderAt("/tenants/acme"), "/tenants/acme").await;
+    let token_path = "/tenants/acme/token";
+    assert_eq!(
+        s(&disc["token_endpoint"]),
+        format!("{}{token_path}", env.url)
+    );
+    let idp = Upstream {
+        name: "oidc-provider-path",
+        issuer: &issuer,
+        token_path,
+        userinfo: s(&disc["userinfo_endpoint"]).to_string(),
+        scope: "openid profile offline_access",
+        consent_screen: true,
+        one_time_refresh: false,
+    };
+    for (client, user) in [("tv-app", "paula"), ("kiosk", "pedro")] {
+        login_tokens_refresh_userinfo_at(&env, &idp, client, user).await;
+    }
 }

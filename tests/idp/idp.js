@@ -3,7 +3,8 @@
 // devicegate sits in front of it at the issuer's public origin.
 //
 // Environment:
-//   IDP_ISSUER   issuer URL (the gateway's public URL), e.g. http://localhost:8080
+//   IDP_ISSUER   issuer URL (the gateway's public URL), e.g. http://localhost:8080, or with a
+//                path (http://localhost:8080/oidc: served under that path only)
 //   IDP_PORT     port to listen on at 127.0.0.1 (0 = any free port)
 //   IDP_CLIENTS  JSON list of {client_id, client_secret?, redirect_uris}
 //   IDP_ENDPOINTS_PORT  a second port: AWS Cognito's layout. The issuer's origin keeps
@@ -179,10 +180,30 @@ if (endpointsPort) {
       }
     }
   });
-  http.createServer(provider.callback()).listen(endpointsPort, '127.0.0.1');
+  http.createServer(handler()).listen(endpointsPort, '127.0.0.1');
 }
 
-const server = provider.listen(port, '127.0.0.1', () => {
+// The request handler. An issuer with a path (http://host/oidc) is served under that path only,
+// as when the provider is mounted in an application: requests elsewhere get 404, and the
+// provider, told the full URL (req.originalUrl), builds every URL under the path.
+function handler() {
+  const callback = provider.callback();
+  const mount = new URL(issuer).pathname.replace(/\/$/, '');
+  if (!mount) return callback;
+  return (req, res) => {
+    const { url } = req;
+    if (url === mount || url.startsWith(`${mount}/`) || url.startsWith(`${mount}?`)) {
+      req.originalUrl = url;
+      req.url = url.slice(mount.length) || '/';
+      callback(req, res);
+    } else {
+      res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 10 });
+      res.end('not found\n');
+    }
+  };
+}
+
+const server = http.createServer(handler()).listen(port, '127.0.0.1', () => {
   console.log(`IDP_READY ${server.address().port}`);
 });
 for (const sig of ['SIGTERM', 'SIGINT']) {
