@@ -79,7 +79,9 @@ pub struct Oidc {
     config: Arc<Config>,
     /// Every back-channel call is timed here, by operation (`discovery`, `token`, `jwks`).
     metrics: Arc<Metrics>,
-    discovery: RwLock<Option<Arc<Discovery>>>,
+    /// The loaded discovery. A plain lock, never held across an await: every request reads it
+    /// (to know the token path) and must not queue behind an async lock.
+    discovery: std::sync::RwLock<Option<Arc<Discovery>>>,
     /// One discovery fetch at a time.
     fetching: tokio::sync::Mutex<()>,
     /// A background load ([`Oidc::warm`]) is under way.
@@ -128,7 +130,7 @@ impl Oidc {
             http,
             config,
             metrics,
-            discovery: RwLock::new(None),
+            discovery: std::sync::RwLock::new(None),
             fetching: tokio::sync::Mutex::new(()),
             warming: std::sync::atomic::AtomicBool::new(false),
             last_failure: std::sync::Mutex::new(None),
@@ -227,12 +229,12 @@ impl Oidc {
     /// The cached discovery, fetched again when older than five minutes or never loaded.
     /// Concurrent callers share one fetch.
     pub async fn discovery(&self) -> Result<Arc<Discovery>, UpstreamError> {
-        if let Some(d) = self.fresh_discovery().await {
+        if let Some(d) = self.fresh_discovery() {
             return Ok(d);
         }
         let _one_fetch = self.fetching.lock().await;
         // Another caller may have fetched it while this one waited.
-        if let Some(d) = self.fresh_discovery().await {
+        if let Some(d) = self.fresh_discovery() {
             return Ok(d);
         }
         let fetched = async {
@@ -255,12 +257,9 @@ impl Oidc {
         fetched
     }
 
-    async fn fresh_discovery(&self) -> Option<Arc<Discovery>> {
-        let cached = self.discovery.read().await;
-        cached
-            .as_ref()
+    fn fresh_discovery(&self) -> Option<Arc<Discovery>> {
+        self.cached_discovery()
             .filter(|d| d.fetched.elapsed() < METADATA_TTL)
-            .cloned()
     }
 
     /// [`Self::discovery`], but failing at once while the last fetch failed less than five
@@ -272,7 +271,7 @@ impl Oidc {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
         if recently_failed {
-            if let Some(d) = self.cached_discovery().await {
+            if let Some(d) = self.cached_discovery() {
                 return Ok(d);
             }
             return Err(UpstreamError::Unreachable(
@@ -309,8 +308,11 @@ impl Oidc {
     }
 
     /// The discovery already loaded (possibly stale), without fetching.
-    pub async fn cached_discovery(&self) -> Option<Arc<Discovery>> {
-        self.discovery.read().await.clone()
+    pub fn cached_discovery(&self) -> Option<Arc<Discovery>> {
+        self.discovery
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Parses and caches a discovery document (also fed from documents relayed to clients).
@@ -370,7 +372,10 @@ impl Oidc {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(d.authorization_endpoint.origin().ascii_serialization());
-        *self.discovery.write().await = Some(d.clone());
+        *self
+            .discovery
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(d.clone());
         Ok(d)
     }
 

@@ -303,7 +303,7 @@ impl Gateway {
         if *route != Route::Token || self.own_origin.is_none() {
             return Ok(None);
         }
-        let Some(disc) = self.oidc.cached_discovery().await else {
+        let Some(disc) = self.oidc.cached_discovery() else {
             return Ok(None);
         };
         let token = &disc.token_endpoint;
@@ -349,11 +349,11 @@ impl Gateway {
 
     /// The IdP's token path, when it is known without waiting: configured, or from the
     /// discovery already loaded.
-    async fn token_path(&self) -> TokenPath<'_> {
+    fn token_path(&self) -> TokenPath<'_> {
         if let Some(p) = &self.config.upstream.token_path {
             return TokenPath::Configured(p);
         }
-        match self.oidc.cached_discovery().await {
+        match self.oidc.cached_discovery() {
             Some(d) if self.answers_polls_at(&d) => TokenPath::Discovered(d),
             Some(_) => TokenPath::NotOurs,
             None => {
@@ -380,8 +380,8 @@ impl Gateway {
     }
 
     /// The route of a request.
-    pub async fn classify(&self, head: &RequestHeader) -> Route {
-        let token = self.token_path().await;
+    pub fn classify(&self, head: &RequestHeader) -> Route {
+        let token = self.token_path();
         let route = self
             .routes
             .classify(&head.method, head.uri.path(), token.path());
@@ -561,7 +561,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.now = self.clock.now();
         ctx.client_ip = request::client_ip(session, &self.config.server.trusted_proxies);
-        ctx.route = self.classify(session.req_header()).await;
+        ctx.route = self.classify(session.req_header());
         if ctx.route == Route::PassThrough {
             return Ok(false);
         }

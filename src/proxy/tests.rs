@@ -127,7 +127,7 @@ impl Harness {
             // As clients send it.
             head.insert_header("content-length", body.len()).unwrap();
         }
-        let route = self.gw.classify(&head).await;
+        let route = self.gw.classify(&head);
         if route == Route::PassThrough {
             return None;
         }
@@ -1090,7 +1090,7 @@ async fn discovery_is_learned_from_its_fixed_url_only() {
         "http://gw.test/device/code"
     );
     assert!(
-        h.gw.oidc.cached_discovery().await.is_none(),
+        h.gw.oidc.cached_discovery().is_none(),
         "a document fetched with a query was learned"
     );
     let r = h
@@ -1098,7 +1098,7 @@ async fn discovery_is_learned_from_its_fixed_url_only() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    let learned = h.gw.oidc.cached_discovery().await.unwrap();
+    let learned = h.gw.oidc.cached_discovery().unwrap();
     assert_eq!(learned.jwks_uri.as_str(), "http://gw.test/jwks");
 }
 
