@@ -5,7 +5,8 @@
 #   device   3000 device authorization requests (POST /device/code), 4 connections
 #   poll     2000 pending grants, each polled at its interval (5.1 s) for 12 s
 #   pass     4000 GETs of a 300-byte file (pass-small), then 1000 of a 100 KB file (pass-100k),
-#            from nginx through the gateway
+#            from nginx through the gateway in its default configuration (no token_path), and
+#            the same through a bare Pingora proxy (bare-small, bare-100k: examples/bare_proxy.rs)
 #   memory   the heap after 50 000 pending grants (massif), to see what one grant costs
 #
 # Instructions are counted only while the load runs (callgrind_control -i on/off), so start-up
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/target/release/devicegate
 LOADGEN=$ROOT/target/release/examples/loadgen
+BARE=$ROOT/target/release/examples/bare_proxy
 OUT=${BENCH_OUT:-$ROOT/target/bench/profile-$(date +%Y%m%d-%H%M%S)}
 BASE=${BENCH_PORT_BASE:-19100}
 GATE_PORT=$BASE
@@ -44,13 +46,17 @@ wait_port() {
   exit 1
 }
 
-# gate TOOL NAME UPSTREAM_PORT [valgrind options]: devicegate under valgrind, pinned to CPU 1.
+# gate TOOL NAME UPSTREAM_PORT [valgrind options]: devicegate under valgrind, pinned to CPU 1,
+# with $GATE_CONF (gate-memory.yaml unless set), or the bare Pingora proxy when $GATE_CONF is
+# "bare".
 gate() {
   local tool=$1 name=$2 upstream=$3
   shift 3
+  local cmd=("$BIN" --config "benches/conf/${GATE_CONF:-gate-memory.yaml}")
+  if [ "${GATE_CONF:-}" = bare ]; then cmd=("$BARE" "127.0.0.1:$GATE_PORT" "127.0.0.1:$upstream" 1); fi
   env BENCH_LISTEN="127.0.0.1:$GATE_PORT" BENCH_PUBLIC_URL="$GATE" BENCH_UPSTREAM="127.0.0.1:$upstream" \
     BENCH_ADMIN="127.0.0.1:$ADMIN_PORT" BENCH_UPGRADE_SOCK="$OUT/upgrade.sock" \
-    taskset -c 1 valgrind --tool="$tool" "$@" "$BIN" --config benches/conf/gate-memory.yaml \
+    taskset -c 1 valgrind --tool="$tool" "$@" "${cmd[@]}" \
     >"$OUT/$name.log" 2>&1 &
   GATE_PID=$!
   PIDS+=("$GATE_PID")
@@ -100,18 +106,28 @@ profile_pass() {
   mkdir -p "$OUT/www" "$OUT/nginx-tmp"
   head -c 300 /dev/zero | tr '\0' 'x' >"$OUT/www/small.json"
   head -c 102400 /dev/urandom >"$OUT/www/100k.bin"
+  # The IdP's discovery document, as the gateway in its default configuration (no
+  # upstream.token_path) loads it once from its upstream.
+  mkdir -p "$OUT/www/.well-known"
+  printf '{"issuer":"%s","authorization_endpoint":"%s/auth","token_endpoint":"%s/token","jwks_uri":"%s/jwks"}\n' \
+    "$GATE" "$GATE" "$GATE" "$GATE" >"$OUT/www/.well-known/openid-configuration"
   chmod -R a+rX "$OUT/www"
   sed -e "s|@DIR@|$OUT|g" -e "s|@PORT@|$STATIC_PORT|g" benches/conf/nginx-static.conf >"$OUT/nginx-static.conf"
   taskset -c 0 nginx -e "$OUT/nginx.error.log" -p "$OUT" -c "$OUT/nginx-static.conf" &
   local nginx=$!
   PIDS+=("$nginx")
   wait_port "$STATIC_PORT"
-  callgrind pass-small "$STATIC_PORT" \
-    'loadgen http --url "$GATE" --path /small.json --concurrency 4 --requests 300' \
-    'loadgen http --url "$GATE" --path /small.json --concurrency 4 --requests 4000'
-  callgrind pass-100k "$STATIC_PORT" \
-    'loadgen http --url "$GATE" --path /100k.bin --concurrency 4 --requests 100' \
-    'loadgen http --url "$GATE" --path /100k.bin --concurrency 4 --requests 1000'
+  local conf prefix
+  for conf in gate-default.yaml bare; do
+    prefix=pass
+    [ "$conf" = bare ] && prefix=bare
+    GATE_CONF=$conf callgrind "$prefix-small" "$STATIC_PORT" \
+      'loadgen http --url "$GATE" --path /small.json --concurrency 4 --requests 300' \
+      'loadgen http --url "$GATE" --path /small.json --concurrency 4 --requests 4000'
+    GATE_CONF=$conf callgrind "$prefix-100k" "$STATIC_PORT" \
+      'loadgen http --url "$GATE" --path /100k.bin --concurrency 4 --requests 100' \
+      'loadgen http --url "$GATE" --path /100k.bin --concurrency 4 --requests 1000'
+  done
   kill "$nginx"
   wait "$nginx" 2>/dev/null || true
 }

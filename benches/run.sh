@@ -20,6 +20,7 @@ ROOT=$PWD
 
 BIN=$ROOT/target/release/devicegate
 LOADGEN=$ROOT/target/release/examples/loadgen
+BARE=$ROOT/target/release/examples/bare_proxy
 SERVER_CPU=${BENCH_SERVER_CPU:-1}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-0}
 ONLY=${BENCH_ONLY:-1,2,3,4,5}
@@ -35,6 +36,7 @@ IDP_PORT=$((BASE + 2))
 REDIS_PORT=$((BASE + 3))
 STATIC_PORT=$((BASE + 4))
 PROXY_PORT=$((BASE + 5))
+BARE_PORT=$((BASE + 6))
 DEAD_PORT=$((BASE + 9)) # nothing listens: the "IdP" of scenarios that never reach it
 GATE=http://127.0.0.1:$GATE_PORT
 IDP=http://127.0.0.1:$IDP_PORT
@@ -259,25 +261,37 @@ scenario_2() {
 
 # ---------------------------------------------------------------------------------------------
 # 3. Pass-through: a small and a 100 KB file from nginx, directly, through nginx as a reverse
-# proxy, and through devicegate. Throughput at 64 connections; latency at 1 connection.
+# proxy, through a bare Pingora proxy (examples/bare_proxy.rs: the same Pingora and ServerConf,
+# no hooks: the ceiling of the engine) and through devicegate. Throughput at 64 connections;
+# latency at 1 connection.
 
 scenario_3() {
-  log "3. pass-through: nginx (static), nginx (proxy), devicegate"
+  log "3. pass-through: nginx (static), nginx (proxy), bare Pingora, devicegate"
   mkdir -p "$OUT/www" "$OUT/nginx-tmp"
   # A small JSON document (a typical IdP answer: ~300 bytes) and 100 KB of random bytes.
   printf '{"keys":[{"kty":"RSA","kid":"bench","use":"sig","alg":"RS256","n":"%s","e":"AQAB"}]}\n' \
     "$(head -c 165 /dev/urandom | base64 -w0 | tr '+/' '-_' | tr -d '=')" >"$OUT/www/small.json"
   head -c 102400 /dev/urandom >"$OUT/www/100k.bin"
+  # The IdP's discovery document, as the gateway in its default configuration (no
+  # upstream.token_path) loads it once from its upstream.
+  mkdir -p "$OUT/www/.well-known"
+  printf '{"issuer":"%s","authorization_endpoint":"%s/auth","token_endpoint":"%s/token","jwks_uri":"%s/jwks"}\n' \
+    "$GATE" "$GATE" "$GATE" "$GATE" >"$OUT/www/.well-known/openid-configuration"
   chmod -R a+rX "$OUT/www"
   start_nginx nginx-static "$STATIC_PORT"
   start_nginx nginx-proxy "$PROXY_PORT" "$STATIC_PORT"
-  start_gate gate gate-memory.yaml "$STATIC_PORT"
+  start bare "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$STATIC_PORT" 1
+  wait_port "$BARE_PORT" bare
+  # The default configuration: no upstream.token_path (every deployment learns it from
+  # discovery), unlike the other scenarios' gate-memory.yaml.
+  start_gate gate gate-default.yaml "$STATIC_PORT"
   local file target port
   for file in small.json 100k.bin; do
-    for target in direct nginx devicegate; do
+    for target in direct nginx bare devicegate; do
       case $target in
       direct) port=$STATIC_PORT ;;
       nginx) port=$PROXY_PORT ;;
+      bare) port=$BARE_PORT ;;
       devicegate) port=$GATE_PORT ;;
       esac
       local url=http://127.0.0.1:$port/$file

@@ -39,8 +39,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup
 [ -d tests/idp/node_modules/oidc-provider ] || npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 
 # --- 2. Build ---------------------------------------------------------------------------------
-echo "==> cargo build --release (gateway and load generator)" >&2
-cargo build --release --quiet --bin devicegate --example loadgen
+echo "==> cargo build --release (gateway, load generator, bare Pingora proxy)" >&2
+cargo build --release --quiet --bin devicegate --example loadgen --example bare_proxy
 
 # --- 3. Run -----------------------------------------------------------------------------------
 out=${BENCH_OUT:-$PWD/target/bench/$(date +%Y%m%d-%H%M%S)}

@@ -16,6 +16,42 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+/// An address as a header value (`X-Forwarded-For`): IPv4 written digit by digit, without the
+/// formatting machinery a `Display` goes through (this runs for every relayed request).
+pub fn header_value(ip: IpAddr) -> http::HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            http::HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| unreachable_value())
+        }
+        IpAddr::V6(_) => {
+            http::HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| unreachable_value())
+        }
+    }
+}
+
+/// Digits, dots and colons are always a valid header value; this is only the type's answer.
+fn unreachable_value() -> http::HeaderValue {
+    http::HeaderValue::from_static("unknown")
+}
+
 /// A `host:port` and the address it resolved to. A host name is resolved again in the
 /// background once its last answer is `ttl` old; requests meanwhile use the address they have
 /// (they never wait for DNS). A failed resolution keeps the last address, says so in the log,
@@ -259,6 +295,23 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod resolving_tests {
     use super::*;
+
+    #[test]
+    fn addresses_become_header_values_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(header_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
 
     #[tokio::test]
     async fn a_host_name_is_resolved_again_once_due_and_an_address_never() {

@@ -25,6 +25,9 @@ use crate::metrics::Metrics;
 
 /// How long discovery metadata and keys are reused before they are fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(300);
+/// How long after a failed discovery fetch requests are answered from what is cached (or told
+/// the IdP is unreachable) instead of trying again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 /// Largest response accepted from the IdP on the back channel.
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -57,6 +60,8 @@ impl UpstreamError {
 pub struct Discovery {
     pub authorization_endpoint: Url,
     pub token_endpoint: Url,
+    /// The token endpoint's origin, made once (every request's route compares it).
+    pub token_origin: url::Origin,
     pub jwks_uri: Url,
     /// Where claims the ID token lacks can be read with the access token (OIDC Core §5.3).
     pub userinfo_endpoint: Option<Url>,
@@ -269,7 +274,7 @@ impl Oidc {
             .last_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE);
         if recently_failed {
             if let Some(d) = self.cached_discovery() {
                 return Ok(d);
@@ -284,7 +289,14 @@ impl Oidc {
     /// Starts loading discovery in the background unless that is under way: requests that need
     /// only what is cached (routing) never wait for the IdP.
     pub fn warm(self: &Arc<Self>) {
-        if self.warming.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        // While the last fetch failed moments ago there is nothing to start: the next try waits
+        // for `discovery_if_due` (a task spawned per request would cost more than the request).
+        let recently_failed = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE);
+        if recently_failed || self.warming.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
         let oidc = self.clone();
@@ -359,9 +371,11 @@ impl Oidc {
             .get("token_endpoint_auth_methods_supported")
             .and_then(Value::as_array)
             .is_none_or(|m| m.iter().any(|v| v == "client_secret_basic"));
+        let token_endpoint = endpoint("token_endpoint")?;
         let d = Arc::new(Discovery {
             authorization_endpoint: endpoint("authorization_endpoint")?,
-            token_endpoint: endpoint("token_endpoint")?,
+            token_origin: token_endpoint.origin(),
+            token_endpoint,
             jwks_uri: endpoint("jwks_uri")?,
             userinfo_endpoint: endpoint("userinfo_endpoint").ok(),
             basic_auth,

@@ -38,7 +38,6 @@ mod verification;
 #[cfg(test)]
 mod tests;
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -96,6 +95,8 @@ pub struct Gateway {
     relays: tokio::sync::Mutex<std::collections::HashMap<String, (Arc<Relay>, std::time::Instant)>>,
     /// `upstream.address`, resolved again once a minute when it is a host name.
     upstream_addr: Arc<crate::net::Resolving>,
+    /// `public_url`'s origin, made once.
+    public_origin: url::Origin,
 }
 
 /// The pages' security headers. The CSP's `form-action` must let the consent form's redirect
@@ -262,6 +263,7 @@ impl Gateway {
             forwarded_proto: HeaderValue::from_static(if secure { "https" } else { "http" }),
             own_origin,
             relays: Default::default(),
+            public_origin: config.public_url.origin(),
             upstream_addr: crate::net::Resolving::new(
                 &config.upstream.address,
                 config.upstream.addr,
@@ -366,7 +368,7 @@ impl Gateway {
     /// At the IdP's origin, the IdP's token endpoint is ours when it is on that origin; on its
     /// own origin the gateway advertises the IdP's token path on itself.
     fn answers_polls_at(&self, disc: &Discovery) -> bool {
-        self.own_origin.is_some() || disc.token_endpoint.origin() == self.config.public_url.origin()
+        self.own_origin.is_some() || disc.token_origin == self.public_origin
     }
 
     /// Whether a POST could be a device-code poll: a form of a declared size the gateway
@@ -617,7 +619,12 @@ impl ProxyHttp for Gateway {
             None => HttpPeer::new(
                 self.upstream_addr.current(std::time::Instant::now()),
                 up.tls,
-                up.sni.clone(),
+                // No SNI without TLS: and no string to copy per request.
+                if up.tls {
+                    up.sni.clone()
+                } else {
+                    String::new()
+                },
             ),
         };
         peer.options.connection_timeout = Some(up.timeout);
@@ -636,13 +643,18 @@ impl ProxyHttp for Gateway {
         // What a client says about where it came from, or which host and scheme it used, is
         // not relayed: the IdP sees exactly the forwarding headers set here (a spoofed
         // `X-Forwarded-Host` would make it build its login URLs on the attacker's host).
-        for name in SPOOFABLE {
-            upstream_request.remove_header(*name);
+        // One pass over the few headers a request has; removal only when one is there.
+        let spoofed = upstream_request
+            .headers
+            .keys()
+            .any(|k| SPOOFABLE.contains(&k.as_str()));
+        if spoofed {
+            for name in SPOOFABLE {
+                upstream_request.remove_header(*name);
+            }
         }
         if let Some(ip) = ctx.client_ip {
-            let mut xff = String::with_capacity(15);
-            let _ = write!(xff, "{ip}");
-            upstream_request.insert_header("X-Forwarded-For", xff)?;
+            upstream_request.insert_header("X-Forwarded-For", crate::net::header_value(ip))?;
         }
         // The gateway is the public origin: the scheme and host clients used are public_url's.
         upstream_request.insert_header("X-Forwarded-Proto", self.forwarded_proto.clone())?;
