@@ -38,12 +38,13 @@ REASONS = {
     "g2_quiet": "other load on the server CPU was low during this measurement, so this tail is "
     "the gateway's own; it is not analysed by this run (benches/profile.sh poll is the place to "
     "start)",
-    "g3": "Pingora executes ~4.7x nginx's instructions per proxied request (113k vs 24k for a "
-    "small GET, callgrind) with the same syscalls: header maps kept twice (http::HeaderMap plus "
-    "the case-preserving names), a ~6.7 KB future copied twice per request (finding 2), and at "
-    "100 KiB every body byte copied twice (`Bytes::copy_from_slice` on read, `buffer_body_data` "
-    "when writing batched tasks: 62% of the instructions). devicegate's own share is the "
-    "X-Forwarded-For header (7.3%); see Analysis, findings 2 and 3",
+    "g3": "at 300 bytes the gateway executes ~1.16x the bare proxy's instructions per request "
+    "(callgrind, benches/profile.sh pass: 113.6k vs 98.3k). Most of the difference is the three "
+    "forwarding headers it must set (X-Forwarded-For, -Proto, -Host): each RequestHeader::insert_header "
+    "costs ~2.4k, because Pingora re-parses and allocates a custom header name and hashes it into "
+    "two maps, which then grow. The rest is ~4k more malloc/free and ~1.9k more memcpy of a larger "
+    "future. At 100 KiB the body copies dominate both (1.05x); see Analysis, \"Pass-through against "
+    "a bare Pingora proxy\"",
     "g4_mem": "see Analysis, and the massif profile of benches/profile.sh memory",
     "g4_p99": "other load was low during both probes, so the growth is the gateway's own; it is "
     "not analysed by this run",
