@@ -296,23 +296,6 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 mod resolving_tests {
     use super::*;
 
-    #[test]
-    fn addresses_become_header_values_as_display_writes_them() {
-        for ip in [
-            "0.0.0.0",
-            "9.10.99.100",
-            "127.0.0.1",
-            "255.255.255.255",
-            "10.200.3.45",
-            "::1",
-            "2001:db8::8a2e:370:7334",
-            "::ffff:192.0.2.1",
-        ] {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(header_value(ip).to_str().unwrap(), ip.to_string());
-        }
-    }
-
     #[tokio::test]
     async fn a_host_name_is_resolved_again_once_due_and_an_address_never() {
         let stale = "10.255.255.1:4321".parse().unwrap();
@@ -356,6 +339,23 @@ mod resolving_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_become_header_values_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(header_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

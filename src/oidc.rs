@@ -738,28 +738,26 @@ fn verifiable_signing_key(body: &[u8]) -> Result<(), UpstreamError> {
         .unwrap_or_default();
     let mut seen = Vec::new();
     for key in keys.iter().filter(|k| k["use"] != "enc") {
+        // Ed448 first: its `alg` says EdDSA, but only Ed25519 is verifiable.
         let alg = match (
+            key["crv"].as_str(),
             key["alg"].as_str(),
             key["kty"].as_str(),
-            key["crv"].as_str(),
         ) {
-            (Some(alg), _, _) => alg,
-            (None, Some("RSA"), _) => "RS256",
-            (None, Some("EC"), Some("P-256")) => "ES256",
-            (None, Some("EC"), Some("P-384")) => "ES384",
-            (None, Some("EC"), Some("P-521")) => "ES512",
-            (None, Some("OKP"), Some("Ed25519")) => "EdDSA",
-            (None, Some("OKP"), Some("Ed448")) => "EdDSA (Ed448)",
-            (None, kty, _) => kty.unwrap_or("a key of no type"),
+            (Some("Ed448"), _, _) => "EdDSA (Ed448)",
+            (_, Some(alg), _) => alg,
+            (_, None, Some("RSA")) => "RS256",
+            (Some("P-256"), None, Some("EC")) => "ES256",
+            (Some("P-384"), None, Some("EC")) => "ES384",
+            (Some("P-521"), None, Some("EC")) => "ES512",
+            (Some("Ed25519"), None, Some("OKP")) => "EdDSA",
+            (_, None, kty) => kty.unwrap_or("a key of no type"),
         };
-        // EdDSA is verifiable only on Ed25519.
-        let ed448 = key["crv"] == "Ed448";
-        if VERIFIABLE_ALGS.contains(&alg) && !ed448 {
+        if VERIFIABLE_ALGS.contains(&alg) {
             return Ok(());
         }
-        let name = if ed448 { "EdDSA (Ed448)" } else { alg };
-        if !seen.contains(&name) {
-            seen.push(name);
+        if !seen.contains(&alg) {
+            seen.push(alg);
         }
     }
     if seen.is_empty() {
