@@ -20,6 +20,7 @@
 //! - [`form`]: strict form and query parsing.
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: the admin listener serving them with
 //!   `/healthz` and `/readyz`.
+//! - [`logging`]: the log output, written by its own thread and flushed at shutdown.
 //! - [`limits`]: rate limits (user-code brute force, device and token endpoint floods).
 //! - [`net`]: CIDR blocks, the real client address behind trusted proxies, and
 //!   `upstream.address` kept resolved ([`net::Resolving`]).
@@ -33,6 +34,7 @@ pub mod discovery;
 pub mod error;
 pub mod form;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod oidc;

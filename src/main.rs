@@ -1,11 +1,9 @@
 //! `devicegate --config PATH [--check] [--upgrade]`
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use devicegate::config::LogFormat;
 
 /// OAuth 2.0 Device Authorization Grant (RFC 8628) gateway in front of an OpenID Connect provider.
 #[derive(Parser)]
@@ -33,19 +31,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // RUST_LOG, when set, overrides log.level.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colours only for a terminal: log files and journals get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-        LogFormat::Text => logs.init(),
-    }
+    // RUST_LOG, when set, overrides log.level. Dropped last: every queued line is written.
+    let flush = devicegate::logging::init(&config.log);
     // The pages are built (and their templates tried) once logging is set up.
     let prepared = match devicegate::server::with_pages(config) {
         Ok(p) => p,
@@ -84,7 +71,13 @@ fn main() -> ExitCode {
     }
     tracing::info!(listen = %config.listen, upstream = %config.upstream.address, issuer = %config.upstream.issuer, "starting devicegate");
     match devicegate::server::build(prepared, args.upgrade) {
-        Ok(server) => server.run_forever(),
+        Ok(server) => {
+            // Not `run_forever`, which calls `exit` and so would drop the audit lines still
+            // queued for the log writer: `run` returns once the server has stopped.
+            server.run(pingora::server::RunArgs::default());
+            drop(flush);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("cannot start: {e}");
             ExitCode::FAILURE

@@ -480,8 +480,23 @@ store:
         None
     }
 
+    /// The gateway's log so far. Its lines are written by a thread of the gateway's own
+    /// (`src/logging.rs`), a moment after the request that made them was answered, so this
+    /// waits until the file has stopped growing for 300 ms (at most 10 s).
     pub fn gateway_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+        let path = self.dir.path().join("gateway.log");
+        let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+        let (start, mut last, mut still_since) = (Instant::now(), size(), Instant::now());
+        while still_since.elapsed() < Duration::from_millis(300)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = size();
+            if now != last {
+                (last, still_since) = (now, Instant::now());
+            }
+        }
+        std::fs::read_to_string(&path).unwrap_or_default()
     }
 
     /// The admin listener's `/metrics` text (needs `Options::admin`).
