@@ -3,6 +3,12 @@
 //! One [`Metrics`] value holds every family in its own registry (no globals), so tests and
 //! several gateways in one process do not share counters. Label values are bounded: client ids
 //! come from the configuration (anything else is `unknown`), outcomes from fixed lists.
+//!
+//! Because those lists are known at start-up, every series is made then ([`Counters`],
+//! [`PerClient`], [`Timings`]): counting is a scan of a few static strings and an atomic add,
+//! with no hashing of labels and no lock on a request path, and every series is exported from
+//! the first scrape (at 0), as Prometheus advises. A value outside the lists is still counted,
+//! through the family itself.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,32 +17,144 @@ use async_trait::async_trait;
 
 use crate::device::{Grant, Key, Store, StoreError};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
+
+/// The OAuth error codes an endpoint answers (RFC 6749 §5.2, RFC 8628 §3.5).
+const ERROR_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "invalid_scope",
+    "unauthorized_client",
+    "authorization_pending",
+    "slow_down",
+    "access_denied",
+    "expired_token",
+    "temporarily_unavailable",
+    "server_error",
+];
+
+/// A counter family with one label, its series made once for the values it is known to take.
+pub struct Counters {
+    family: IntCounterVec,
+    known: Vec<(Box<str>, IntCounter)>,
+}
+
+impl Counters {
+    fn new(family: IntCounterVec, values: &[&str]) -> Self {
+        let known = values
+            .iter()
+            .map(|v| (Box::from(*v), family.with_label_values(&[*v])))
+            .collect();
+        Self { family, known }
+    }
+
+    /// Counts one, under `value`.
+    pub fn inc(&self, value: &str) {
+        match self.known.iter().find(|(k, _)| **k == *value) {
+            Some((_, c)) => c.inc(),
+            None => self.family.with_label_values(&[value]).inc(),
+        }
+    }
+}
+
+/// A counter family labelled by client and one more label, its series made once for each
+/// configured client (and `unknown`) and each known value of the other label.
+pub struct PerClient {
+    family: IntCounterVec,
+    clients: std::collections::HashMap<Box<str>, Vec<(&'static str, IntCounter)>>,
+}
+
+impl PerClient {
+    fn new(family: IntCounterVec, clients: &[&str], values: &[&'static str]) -> Self {
+        let clients = clients
+            .iter()
+            .map(|c| {
+                let known = values
+                    .iter()
+                    .map(|v| (*v, family.with_label_values(&[*c, *v])))
+                    .collect();
+                (Box::from(*c), known)
+            })
+            .collect();
+        Self { family, clients }
+    }
+
+    /// Counts one for `client`, under `value`.
+    pub fn inc(&self, client: &str, value: &str) {
+        let known = self
+            .clients
+            .get(client)
+            .and_then(|k| k.iter().find(|(v, _)| *v == value));
+        match known {
+            Some((_, c)) => c.inc(),
+            None => self.family.with_label_values(&[client, value]).inc(),
+        }
+    }
+}
+
+/// A histogram family labelled by operation and result (`ok`, `error`), its series made once
+/// for each known operation.
+pub struct Timings {
+    family: HistogramVec,
+    known: Vec<(&'static str, [Histogram; 2])>,
+}
+
+impl Timings {
+    fn new(family: HistogramVec, operations: &[&'static str]) -> Self {
+        let known = operations
+            .iter()
+            .map(|op| {
+                let series = [
+                    family.with_label_values(&[*op, "ok"]),
+                    family.with_label_values(&[*op, "error"]),
+                ];
+                (*op, series)
+            })
+            .collect();
+        Self { family, known }
+    }
+
+    /// Records one timed operation.
+    pub fn observe(&self, operation: &str, ok: bool, took: Duration) {
+        let secs = took.as_secs_f64();
+        match self.known.iter().find(|(k, _)| *k == operation) {
+            Some((_, [ok_series, error_series])) => {
+                if ok { ok_series } else { error_series }.observe(secs)
+            }
+            None => self
+                .family
+                .with_label_values(&[operation, if ok { "ok" } else { "error" }])
+                .observe(secs),
+        }
+    }
+}
 
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
     /// Device authorization requests by client and result (`issued` or the OAuth error code).
-    pub device_authorizations: IntCounterVec,
+    pub device_authorizations: PerClient,
     /// Device-code polls by outcome: `delivered`, or the OAuth error code (`authorization_pending`,
     /// `slow_down`, `access_denied`, `expired_token`, `invalid_grant`, ...).
-    pub polls: IntCounterVec,
+    pub polls: Counters,
     /// Verification-page and login outcomes: `approved`, `denied`, `login_failed`,
     /// `login_retry`, `unknown_code`, `malformed_code`, `refused`.
-    pub verifications: IntCounterVec,
+    pub verifications: Counters,
     /// Requests refused by a limit, by limit (`code_failures`, `device`, `poll`).
-    pub rate_limited: IntCounterVec,
+    pub rate_limited: Counters,
     /// Requests and approvals a client's policy refused, by client and rule
     /// (`device_networks`, `approver_networks`, `proximity`, `require_claims`, `acr_values`,
     /// `max_age`, `max_pending`).
-    pub policy_refusals: IntCounterVec,
+    pub policy_refusals: PerClient,
     /// Grants a user denied as "I did not start this", by client.
-    pub reported: IntCounterVec,
+    pub reported: Counters,
     /// Back-channel calls to the IdP by operation (`discovery`, `token`, `jwks`) and result.
-    pub upstream_seconds: HistogramVec,
+    pub upstream_seconds: Timings,
     /// Grant store operations by operation and result.
-    pub store_seconds: HistogramVec,
+    pub store_seconds: Timings,
     /// Grants in the store (set at scrape time).
     pub pending_grants: IntGauge,
 }
@@ -59,69 +177,127 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<Hi
 }
 
 impl Metrics {
+    /// The metrics with no client known in advance (tests): every client's series is made
+    /// when first counted.
     pub fn new() -> Result<Self> {
+        Self::with_clients(&[])
+    }
+
+    /// The metrics of a gateway serving these clients (`unknown` is added).
+    pub fn with_clients(clients: &[&str]) -> Result<Self> {
+        let mut clients = clients.to_vec();
+        clients.push("unknown");
+        let mut results = vec!["issued"];
+        results.extend_from_slice(ERROR_CODES);
+        let mut outcomes = vec!["delivered"];
+        outcomes.extend_from_slice(ERROR_CODES);
         let r = Registry::new_custom(Some("devicegate".into()), None)?;
         let pending_grants = IntGauge::new("pending_grants", "Grants in the store")?;
         r.register(Box::new(pending_grants.clone()))?;
         Ok(Self {
-            device_authorizations: counter(
-                &r,
-                "device_authorizations_total",
-                "Device authorization requests by client and result",
-                &["client_id", "result"],
-            )?,
-            polls: counter(
-                &r,
-                "polls_total",
-                "Device-code polls by outcome",
-                &["outcome"],
-            )?,
-            verifications: counter(
-                &r,
-                "verifications_total",
-                "Verification page and login outcomes",
-                &["outcome"],
-            )?,
-            rate_limited: counter(
-                &r,
-                "rate_limited_total",
-                "Requests refused by a limit",
-                &["limit"],
-            )?,
-            policy_refusals: counter(
-                &r,
-                "policy_refusals_total",
-                "Requests and approvals refused by a client's policy",
-                &["client_id", "rule"],
-            )?,
-            reported: counter(
-                &r,
-                "reported_total",
-                "Grants denied as not started by the user (possible phishing)",
-                &["client_id"],
-            )?,
-            upstream_seconds: histogram(
-                &r,
-                "upstream_request_seconds",
-                "Back-channel calls to the identity provider",
-                &["operation", "result"],
-            )?,
-            store_seconds: histogram(
-                &r,
-                "store_operation_seconds",
-                "Grant store operations",
-                &["operation", "result"],
-            )?,
+            device_authorizations: PerClient::new(
+                counter(
+                    &r,
+                    "device_authorizations_total",
+                    "Device authorization requests by client and result",
+                    &["client_id", "result"],
+                )?,
+                &clients,
+                &results,
+            ),
+            polls: Counters::new(
+                counter(
+                    &r,
+                    "polls_total",
+                    "Device-code polls by outcome",
+                    &["outcome"],
+                )?,
+                &outcomes,
+            ),
+            verifications: Counters::new(
+                counter(
+                    &r,
+                    "verifications_total",
+                    "Verification page and login outcomes",
+                    &["outcome"],
+                )?,
+                &[
+                    "approved",
+                    "denied",
+                    "login_failed",
+                    "login_retry",
+                    "unknown_code",
+                    "malformed_code",
+                    "refused",
+                ],
+            ),
+            rate_limited: Counters::new(
+                counter(
+                    &r,
+                    "rate_limited_total",
+                    "Requests refused by a limit",
+                    &["limit"],
+                )?,
+                &["code_failures", "device", "poll"],
+            ),
+            policy_refusals: PerClient::new(
+                counter(
+                    &r,
+                    "policy_refusals_total",
+                    "Requests and approvals refused by a client's policy",
+                    &["client_id", "rule"],
+                )?,
+                &clients,
+                &[
+                    "device_networks",
+                    "approver_networks",
+                    "proximity",
+                    "require_claims",
+                    "acr_values",
+                    "max_age",
+                    "max_pending",
+                ],
+            ),
+            reported: Counters::new(
+                counter(
+                    &r,
+                    "reported_total",
+                    "Grants denied as not started by the user (possible phishing)",
+                    &["client_id"],
+                )?,
+                &clients,
+            ),
+            upstream_seconds: Timings::new(
+                histogram(
+                    &r,
+                    "upstream_request_seconds",
+                    "Back-channel calls to the identity provider",
+                    &["operation", "result"],
+                )?,
+                &["discovery", "token", "jwks"],
+            ),
+            store_seconds: Timings::new(
+                histogram(
+                    &r,
+                    "store_operation_seconds",
+                    "Grant store operations",
+                    &["operation", "result"],
+                )?,
+                &[
+                    "insert",
+                    "get",
+                    "update",
+                    "count",
+                    "shared_secret",
+                    "spend",
+                    "refund",
+                    "admit",
+                    "release",
+                ],
+            ),
             pending_grants,
             registry: r,
         })
-    }
-
-    /// Records one timed operation.
-    pub fn observe(h: &HistogramVec, operation: &str, ok: bool, took: Duration) {
-        let result = if ok { "ok" } else { "error" };
-        h.with_label_values(&[operation, result])
-            .observe(took.as_secs_f64());
     }
 
     /// The text exposition format.
@@ -146,12 +322,9 @@ impl MeteredStore {
     ) -> std::result::Result<T, StoreError> {
         let start = Instant::now();
         let r = op.await;
-        Metrics::observe(
-            &self.metrics.store_seconds,
-            operation,
-            r.is_ok(),
-            start.elapsed(),
-        );
+        self.metrics
+            .store_seconds
+            .observe(operation, r.is_ok(), start.elapsed());
         r
     }
 }
@@ -222,8 +395,9 @@ mod tests {
     #[test]
     fn renders_what_was_counted() {
         let m = Metrics::new().unwrap();
-        m.polls.with_label_values(&["delivered"]).inc();
-        Metrics::observe(&m.store_seconds, "update", true, Duration::from_millis(2));
+        m.polls.inc("delivered");
+        m.store_seconds
+            .observe("update", true, Duration::from_millis(2));
         m.pending_grants.set(3);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(

@@ -174,12 +174,9 @@ impl Oidc {
         let started = Instant::now();
         let result = self.fetch(req).await;
         let ok = result.as_ref().is_ok_and(|r| r.status < 500);
-        Metrics::observe(
-            &self.metrics.upstream_seconds,
-            operation,
-            ok,
-            started.elapsed(),
-        );
+        self.metrics
+            .upstream_seconds
+            .observe(operation, ok, started.elapsed());
         result
     }
 

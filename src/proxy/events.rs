@@ -194,20 +194,14 @@ pub fn record(metrics: &Metrics, facts: &[Fact], client_ip: &str) {
     for fact in facts {
         match fact {
             Fact::Audit(a) => audit(a, client_ip),
-            Fact::DeviceAuthorization { client, result } => metrics
-                .device_authorizations
-                .with_label_values(&[client.as_str(), result])
-                .inc(),
-            Fact::Poll(outcome) => metrics.polls.with_label_values(&[outcome]).inc(),
-            Fact::Verification(outcome) => {
-                metrics.verifications.with_label_values(&[outcome]).inc()
+            Fact::DeviceAuthorization { client, result } => {
+                metrics.device_authorizations.inc(client, result)
             }
-            Fact::Limited(limit) => metrics.rate_limited.with_label_values(&[limit]).inc(),
-            Fact::Policy { client, rule } => metrics
-                .policy_refusals
-                .with_label_values(&[client.as_str(), rule])
-                .inc(),
-            Fact::Reported { client } => metrics.reported.with_label_values(&[client]).inc(),
+            Fact::Poll(outcome) => metrics.polls.inc(outcome),
+            Fact::Verification(outcome) => metrics.verifications.inc(outcome),
+            Fact::Limited(limit) => metrics.rate_limited.inc(limit),
+            Fact::Policy { client, rule } => metrics.policy_refusals.inc(client, rule),
+            Fact::Reported { client } => metrics.reported.inc(client),
         }
     }
 }
