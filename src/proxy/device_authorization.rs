@@ -45,7 +45,7 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => return refuse(e),
         };
-        let ip = req.ip_key();
+        let ip = req.ip_key;
         let now = req.now;
         // Before the client authenticates, so guessing a client secret is rate limited too.
         if let Err(r) = self.limits.device_request_from(&ip, now.secs()).await {
@@ -101,7 +101,7 @@ impl Gateway {
             None
         };
         let requester = Requester {
-            ip: req.client_ip.map(|ip| ip.to_string()),
+            ip: req.ip_text(),
             software: Requester::software_from_user_agent(req.header("user-agent")),
         };
         // The network's share of the pending grants, so that a few networks cannot fill the
@@ -154,17 +154,17 @@ impl Gateway {
                 return refuse(e);
             }
         };
-        let verification_uri = self.config.public(&self.config.device.verification_path);
+        let user_code = display_user_code(&issued.user_code);
+        let verification_uri = self.verification_uri.as_str();
         let body = Response {
             device_code: &issued.device_code,
-            user_code: &display_user_code(&issued.user_code),
-            verification_uri: &verification_uri,
-            verification_uri_complete: keys.map(|k| {
-                self.verification_uri_complete(&issued.user_code, &k.link_tag(&issued.user_code))
-            }),
+            user_code: &user_code,
+            verification_uri,
+            verification_uri_complete: keys
+                .map(|k| self.complete_uri(&user_code, &k.link_tag(&issued.user_code))),
             expires_in: issued.expires_in,
             interval: issued.interval,
-            verification_url: client.verification_url.then_some(verification_uri.as_str()),
+            verification_url: client.verification_url.then_some(verification_uri),
         };
         Reply::json(200, &body)
             .fact(Fact::DeviceAuthorization {
@@ -180,10 +180,21 @@ impl Gateway {
 
     /// `verification_uri_complete` (§3.3.1) for a canonical user code and its link tag.
     pub(super) fn verification_uri_complete(&self, user_code: &str, tag: &str) -> String {
-        format!(
-            "{}?user_code={}&t={tag}",
-            self.config.public(&self.config.device.verification_path),
-            display_user_code(user_code)
-        )
+        self.complete_uri(&display_user_code(user_code), tag)
+    }
+
+    /// The same, for a user code already in its displayed form (`WDJB-MJHT`): the URL is
+    /// joined from its parts, without `format!`.
+    fn complete_uri(&self, displayed_code: &str, tag: &str) -> String {
+        let parts = [
+            self.verification_uri.as_str(),
+            "?user_code=",
+            displayed_code,
+            "&t=",
+            tag,
+        ];
+        let mut uri = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| uri.push_str(p));
+        uri
     }
 }

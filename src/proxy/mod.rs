@@ -82,6 +82,8 @@ pub struct Gateway {
     own_origin: Option<(String, String)>,
     /// `X-Forwarded-Proto` for pass-through requests: public_url's scheme.
     forwarded_proto: HeaderValue,
+    /// The verification page's public URL (§3.2 `verification_uri`), made once.
+    verification_uri: String,
     /// `X-Forwarded-Host` for pass-through requests: the host the IdP is reached as (the
     /// public origin's, or on its own origin the IdP's).
     forwarded_host: HeaderValue,
@@ -162,6 +164,8 @@ impl PageHeaders {
 pub struct RequestCtx {
     route: Route,
     client_ip: Option<IpAddr>,
+    /// `client_ip` as limits and the audit log name it, for the owned routes only.
+    ip_key: String,
     now: Time,
     /// Where a relayed request goes instead of `upstream.address` (see [`Relay`]).
     relay: Option<Arc<Relay>>,
@@ -212,7 +216,9 @@ impl Gateway {
             Backend::Memory => Arc::new(MemoryStore::new(retain, max)),
             Backend::Redis(redis) => Arc::new(RedisStore::new(redis, retain, max)?),
         };
-        let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+        let clients: Vec<&str> = config.clients.keys().map(String::as_str).collect();
+        let metrics =
+            Arc::new(Metrics::with_clients(&clients).map_err(|e| format!("metrics: {e}"))?);
         let store = Arc::new(MeteredStore {
             inner: store,
             metrics: metrics.clone(),
@@ -261,6 +267,7 @@ impl Gateway {
             page_headers: PageHeaders::new(form_action, img_src)?,
             redirect_headers: header_values(pages::security_headers("'none'", "'none'"))?,
             forwarded_proto: HeaderValue::from_static(if secure { "https" } else { "http" }),
+            verification_uri: config.public(&config.device.verification_path),
             own_origin,
             relays: Default::default(),
             public_origin: config.public_url.origin(),
@@ -551,10 +558,16 @@ fn header_values(
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
+    /// No downstream modules. Pingora's default is a response-compression module at level 0
+    /// (compressing nothing): a per-request context and header checks that change no byte.
+    /// Compression, where wanted, belongs to the IdP or to a CDN in front.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
             route: Route::PassThrough,
             client_ip: None,
+            ip_key: String::new(),
             now: Time::from_millis(0),
             relay: None,
         }
@@ -567,6 +580,7 @@ impl ProxyHttp for Gateway {
         if ctx.route == Route::PassThrough {
             return Ok(false);
         }
+        ctx.ip_key = ip_key(ctx.client_ip);
         let route = ctx.route.clone();
         let reply = match self.precheck(&route, session.req_header()) {
             Some(reply) => reply,
@@ -587,6 +601,7 @@ impl ProxyHttp for Gateway {
                             head: session.req_header(),
                             body,
                             client_ip: ctx.client_ip,
+                            ip_key: &ctx.ip_key,
                             now: ctx.now,
                         };
                         match self.respond(&route, &req).await {
@@ -603,7 +618,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         };
-        events::record(&self.metrics, &reply.facts, &ip_key(ctx.client_ip));
+        events::record(&self.metrics, &reply.facts, &ctx.ip_key);
         reply::write(session, reply).await?;
         Ok(true)
     }

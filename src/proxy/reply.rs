@@ -134,11 +134,14 @@ impl Reply {
 
 /// Sends a reply: the one writer of every owned endpoint.
 pub async fn write(session: &mut Session, reply: Reply) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+    // No case-preserving name map: these names are the gateway's own, so there is no client's
+    // spelling to keep, and each header is one map insert, not two. Standard names go out in
+    // their usual case, the others in lower case (RFC 9110 §5.1: names are case-insensitive).
+    let mut resp = ResponseHeader::build_no_case(reply.status, Some(reply.headers.len() + 1))?;
     for (k, v) in reply.headers {
         resp.append_header(k, v)?;
     }
-    resp.insert_header("Content-Length", reply.body.len())?;
+    resp.append_header(http::header::CONTENT_LENGTH, reply.body.len())?;
     if reply.close {
         session.set_keepalive(None);
     }

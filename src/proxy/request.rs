@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
@@ -12,7 +12,6 @@ use crate::clock::Time;
 use crate::config::Limits;
 use crate::error::OAuthError;
 use crate::form::{is_form_content_type, Params};
-use crate::limits::ip_key;
 use crate::net::{client_address, Cidr};
 
 /// One request to an owned route, read whole.
@@ -21,6 +20,9 @@ pub struct Request<'a> {
     pub body: Bytes,
     /// The client's address (the TCP peer's, or behind a trusted proxy the one it names).
     pub client_ip: Option<IpAddr>,
+    /// That address as limits count it (IPv6 by /64), made into text once per request
+    /// ([`crate::limits::ip_key`]).
+    pub ip_key: &'a str,
     /// When the request arrived (the gateway's clock).
     pub now: Time,
 }
@@ -31,9 +33,13 @@ impl Request<'_> {
         self.head.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// The client address as limits count it (IPv6 by /64).
-    pub fn ip_key(&self) -> String {
-        ip_key(self.client_ip)
+    /// The client's address as text, for what is stored with a grant: the limits' key when
+    /// that is the whole address (IPv4), so an IPv4 address is formatted once.
+    pub fn ip_text(&self) -> Option<String> {
+        self.client_ip.map(|ip| match ip {
+            IpAddr::V4(_) => self.ip_key.to_string(),
+            IpAddr::V6(_) => ip.to_string(),
+        })
     }
 
     /// The query string's parameters.
@@ -124,12 +130,36 @@ pub async fn read_body(session: &mut Session, max: usize) -> pingora::Result<Opt
     if declared.is_some_and(|n| n > max) {
         return Ok(None);
     }
-    let mut body = Vec::new();
+    // A form body almost always arrives as one chunk: that chunk is the body, not copied.
+    // Only a body in several chunks is joined.
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
     while let Some(chunk) = session.read_request_body().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() > max {
+        let len = match (&mut joined, first.take()) {
+            (Some(all), _) => {
+                all.extend_from_slice(&chunk);
+                all.len()
+            }
+            (None, None) => {
+                let len = chunk.len();
+                first = Some(chunk);
+                len
+            }
+            (None, Some(head)) => {
+                let mut all = BytesMut::with_capacity(head.len() + chunk.len());
+                all.extend_from_slice(&head);
+                all.extend_from_slice(&chunk);
+                let len = all.len();
+                joined = Some(all);
+                len
+            }
+        };
+        if len > max {
             return Ok(None);
         }
     }
-    Ok(Some(Bytes::from(body)))
+    Ok(Some(match joined {
+        Some(all) => all.freeze(),
+        None => first.unwrap_or_default(),
+    }))
 }

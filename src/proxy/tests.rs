@@ -134,10 +134,13 @@ impl Harness {
         if let Some(reply) = self.gw.precheck(&route, &head) {
             return Some(reply);
         }
+        let client_ip = Some(ip.parse().unwrap());
+        let ip_key = crate::limits::ip_key(client_ip);
         let req = Request {
             head: &head,
             body: Bytes::from(body.to_string()),
-            client_ip: Some(ip.parse().unwrap()),
+            client_ip,
+            ip_key: &ip_key,
             now: self.clock.now(),
         };
         self.gw.respond(&route, &req).await

@@ -79,7 +79,7 @@ impl Gateway {
         // Limits come before the grant: a flood of polls costs it nothing.
         let limited = |r| limit_error(r, true);
         self.limits
-            .poll_from(&req.ip_key(), now)
+            .poll_from(req.ip_key, now)
             .await
             .map_err(limited)?;
         let creds = auth::credentials(req, &params, &self.config.clients)?;

@@ -79,7 +79,7 @@ impl Gateway {
         if action == "lookup" {
             // §5.1: the attempt is spent before anything is looked up (a right code gives it
             // back), so neither a spent budget nor many guesses at once test any code.
-            let ip = req.ip_key();
+            let ip = req.ip_key;
             let user = self
                 .browsers
                 .signed_in_cookie(req)
@@ -191,7 +191,7 @@ impl Gateway {
         attempt: Attempt,
     ) -> Reply {
         let now = req.now.secs();
-        let ip = req.ip_key();
+        let ip = req.ip_key;
         let grant = match self.device.lookup(user_code, now).await {
             Ok(g) => g,
             Err(BrowserError::UnknownCode) => {
