@@ -6,7 +6,8 @@
 #   poll     2000 pending grants, each polled at its interval (5.1 s) for 12 s
 #   pass     4000 GETs of a 300-byte file (pass-small), then 1000 of a 100 KB file (pass-100k),
 #            from nginx through the gateway in its default configuration (no token_path), and
-#            the same through a bare Pingora proxy (bare-small, bare-100k: examples/bare_proxy.rs)
+#            the same through a bare Pingora proxy (bare-small, bare-100k: examples/bare_proxy.rs),
+#            and through it without Pingora's default downstream module (bare-no-modules-*)
 #   memory   the heap after 50 000 pending grants (massif), to see what one grant costs
 #
 # Instructions are counted only while the load runs (callgrind_control -i on/off), so start-up
@@ -48,12 +49,15 @@ wait_port() {
 
 # gate TOOL NAME UPSTREAM_PORT [valgrind options]: devicegate under valgrind, pinned to CPU 1,
 # with $GATE_CONF (gate-memory.yaml unless set), or the bare Pingora proxy when $GATE_CONF is
-# "bare".
+# "bare" (Pingora's default downstream module) or "bare-no-modules" (none, as devicegate).
 gate() {
   local tool=$1 name=$2 upstream=$3
   shift 3
   local cmd=("$BIN" --config "benches/conf/${GATE_CONF:-gate-memory.yaml}")
   if [ "${GATE_CONF:-}" = bare ]; then cmd=("$BARE" "127.0.0.1:$GATE_PORT" "127.0.0.1:$upstream" 1); fi
+  if [ "${GATE_CONF:-}" = bare-no-modules ]; then
+    cmd=("$BARE" "127.0.0.1:$GATE_PORT" "127.0.0.1:$upstream" 1 no-modules)
+  fi
   env BENCH_LISTEN="127.0.0.1:$GATE_PORT" BENCH_PUBLIC_URL="$GATE" BENCH_UPSTREAM="127.0.0.1:$upstream" \
     BENCH_ADMIN="127.0.0.1:$ADMIN_PORT" BENCH_UPGRADE_SOCK="$OUT/upgrade.sock" \
     taskset -c 1 valgrind --tool="$tool" "$@" "${cmd[@]}" \
@@ -118,9 +122,10 @@ profile_pass() {
   PIDS+=("$nginx")
   wait_port "$STATIC_PORT"
   local conf prefix
-  for conf in gate-default.yaml bare; do
+  for conf in gate-default.yaml bare bare-no-modules; do
     prefix=pass
     [ "$conf" = bare ] && prefix=bare
+    [ "$conf" = bare-no-modules ] && prefix=bare-no-modules
     GATE_CONF=$conf callgrind "$prefix-small" "$STATIC_PORT" \
       'loadgen http --url "$GATE" --path /small.json --concurrency 4 --requests 300' \
       'loadgen http --url "$GATE" --path /small.json --concurrency 4 --requests 4000'

@@ -23,12 +23,13 @@ END = "<!-- bench:end -->"
 # BENCHMARKS.md for the evidence). Shown only when the measured figures miss the goal.
 REASONS = {
     "g1_memory": "the floor row (a 405 from the same gateway) shows that the fixed cost of a "
-    "request in Pingora allows 10x; the gap is the endpoint's own work, ~103k instructions per "
-    "grant (136k before the fixes of the Analysis): the memory store's insert (14.3%: JSON "
-    "encoding of the grant, moka), the answer and its headers (`Gateway::send` 10.8%), the audit "
-    "log line (7.8% plus a write per grant), the SHA-256 of the device code (3.4%, kept: stores "
-    "hold only hashes), on top of the Pingora future copy every request pays (finding 2); see "
-    "Analysis",
+    "request in Pingora allows 10x; the gap is the endpoint's own work. A grant costs ~111k "
+    "instructions (callgrind, benches/profile.sh device), of which ~18k are memcpy (the same 18k a "
+    "bare Pingora proxy spends per request, mostly its per-request future being moved), the "
+    "memory store's insert 14.5% (JSON encoding of the grant 5.6%, moka), SHA-256 9.4% (the "
+    "device-code hash and the HMAC link tag of verification_uri_complete, 7.0%, both kept: stores "
+    "hold only hashes and links must be unforgeable), the audit line 8.8% and the form 4.2%; see "
+    "Analysis, \"Issue 19\"",
     "g1_redis": "as for the memory store, plus an EVALSHA round trip to redis-server per grant, "
     "and redis-server shares the one server CPU with the gateway (not profiled here)",
     "g2": "read it with the \"other load\" column: other jobs on this shared VM took that share "
@@ -36,15 +37,18 @@ REASONS = {
     "waits for it. The poll's own work is far below 2 ms (p50, p90), and the gateway's store "
     "operations stay under 0.5 ms while the tail grows (see Analysis, last paragraph)",
     "g2_quiet": "other load on the server CPU was low during this measurement, so this tail is "
-    "the gateway's own; it is not analysed by this run (benches/profile.sh poll is the place to "
-    "start)",
-    "g3": "at 300 bytes the gateway executes ~1.16x the bare proxy's instructions per request "
-    "(callgrind, benches/profile.sh pass: 113.6k vs 98.3k). Most of the difference is the three "
-    "forwarding headers it must set (X-Forwarded-For, -Proto, -Host): each RequestHeader::insert_header "
-    "costs ~2.4k, because Pingora re-parses and allocates a custom header name and hashes it into "
-    "two maps, which then grow. The rest is ~4k more malloc/free and ~1.9k more memcpy of a larger "
-    "future. At 100 KiB the body copies dominate both (1.05x); see Analysis, \"Pass-through against "
-    "a bare Pingora proxy\"",
+    "the machine's or the gateway's own. The gateway's work per poll did not grow: ~90-96k "
+    "instructions per poll (benches/profile.sh poll) against ~100k when the goal was met; the "
+    "peer's p99 grew as much or more on the same run's machine (see Analysis, \"Issue 19\")",
+    "g3": "at 300 bytes the gateway executes 1.14x the bare proxy's instructions per request "
+    "(callgrind, benches/profile.sh pass: 112.0k vs 98.0k; 96.3k for the bare proxy without "
+    "Pingora's default module, which devicegate also drops). About half the difference is the "
+    "three forwarding headers it must set (X-Forwarded-For, -Proto, -Host): each "
+    "RequestHeader::insert_header costs ~2.4k, because Pingora re-parses and allocates a custom "
+    "header name and hashes it into two maps, which then grow; the rest is the routing, the "
+    "client address and more malloc/free. Both rows spend ~18k per request in memcpy (Pingora "
+    "moving its per-request future). At 100 KiB the body copies dominate both (1.05x); see "
+    "Analysis, \"Issue 19\"",
     "g4_mem": "see Analysis, and the massif profile of benches/profile.sh memory",
     "g4_p99": "other load was low during both probes, so the growth is the gateway's own; it is "
     "not analysed by this run",
@@ -378,6 +382,30 @@ def render(by, command, wall):
         out.append("")
         out.append(f"Steps served by the IdP (through the gateway's pass-through) take {idp_steps:.0f}% "
                    "of a flow; the callback step is mostly the IdP's token endpoint (above).")
+        out.append("")
+    # 6. Scaling with server.threads.
+    s6 = by.get("6", [])
+    if s6:
+        out.append("### 6. Scaling with `server.threads`\n")
+        out.append("The device endpoint (as in scenario 1) and the 300-byte pass-through GET (as in "
+                   "scenario 3, 64 connections), with the gateway at 1 and at 2 worker threads. Both "
+                   "runs have the same placement: the gateway may use both CPUs, wrk stays pinned to "
+                   "the client CPU, redis-server and nginx to the server CPU. So the second thread "
+                   "only gets what wrk and the helpers leave of the two cores; see benches/README.md "
+                   "for what this says about N cores.\n")
+        res = {(r["target"], r["threads"]): r["result"] for r in s6}
+        rows = []
+        for name, label in [("memory", "device authorization, memory store"),
+                            ("redis", "device authorization, Redis store"),
+                            ("pass", "pass-through GET, 300 bytes")]:
+            one, two = res.get((name, 1)), res.get((name, 2))
+            if not (one and two):
+                continue
+            rows.append([label, num(wrk_rps(one)), num(wrk_rps(two)), ratio(wrk_rps(two), wrk_rps(one)),
+                         us(one["latency"]["p99_us"]), us(two["latency"]["p99_us"]),
+                         f"{others(one)}; {others(two)}"])
+        out.append(table(["endpoint", "requests/s, 1 thread", "requests/s, 2 threads", "2 ÷ 1",
+                          "p99, 1 thread", "p99, 2 threads", "other load, 1; 2 threads"], rows))
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

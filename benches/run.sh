@@ -9,7 +9,7 @@
 # (default 0). Server and client never compete for a core, and every peer gets the same one.
 #
 # Environment (all optional):
-#   BENCH_ONLY=1,3      run only these scenarios (default: 1,2,3,4,5)
+#   BENCH_ONLY=1,3      run only these scenarios (default: 1,2,3,4,5,6)
 #   BENCH_SECONDS=10    length of each throughput run (wrk), seconds
 #   BENCH_GRANTS=1000000  pending grants in scenario 4
 #   BENCH_OUT=DIR       where results and logs go (default: target/bench/<date>)
@@ -23,7 +23,7 @@ LOADGEN=$ROOT/target/release/examples/loadgen
 BARE=$ROOT/target/release/examples/bare_proxy
 SERVER_CPU=${BENCH_SERVER_CPU:-1}
 CLIENT_CPU=${BENCH_CLIENT_CPU:-0}
-ONLY=${BENCH_ONLY:-1,2,3,4,5}
+ONLY=${BENCH_ONLY:-1,2,3,4,5,6}
 SECS=${BENCH_SECONDS:-10}
 GRANTS=${BENCH_GRANTS:-1000000}
 OUT=${BENCH_OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
@@ -96,11 +96,13 @@ wait_port() { # wait_port PORT NAME: until something accepts on 127.0.0.1:PORT (
   exit 1
 }
 
-start_gate() { # start_gate NAME CONFIG UPSTREAM_PORT: devicegate with a benches/conf file
+start_gate() { # start_gate NAME CONFIG UPSTREAM_PORT: devicegate with a benches/conf file (or a path)
+  local conf=benches/conf/$2
+  [[ $2 == /* ]] && conf=$2
   start "$1" env BENCH_LISTEN="127.0.0.1:$GATE_PORT" BENCH_PUBLIC_URL="$GATE" \
     BENCH_UPSTREAM="127.0.0.1:$3" BENCH_ADMIN="127.0.0.1:$ADMIN_PORT" \
     BENCH_UPGRADE_SOCK="$OUT/upgrade.sock" BENCH_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" \
-    "$BIN" --config "benches/conf/$2"
+    "$BIN" --config "$conf"
   wait_port "$GATE_PORT" "$1"
 }
 
@@ -386,7 +388,42 @@ print(json.dumps(acc))')
   stop_all
 }
 
-for s in 1 2 3 4 5; do
+# ---------------------------------------------------------------------------------------------
+# 6. Scaling with server.threads: the device endpoint (memory and Redis stores) and a small
+# pass-through GET, with the gateway at 1 and at 2 worker threads. Both runs use the same
+# placement: the gateway may run on both CPUs, wrk stays on the client CPU, redis-server and
+# nginx on the server CPU. With only 2 cores the second thread competes with wrk and the
+# helpers; benches/README.md explains what the figures say about N cores.
+
+scenario_6() {
+  mkdir -p "$OUT/www"
+  [ -f "$OUT/www/small.json" ] || printf '{"keys":[{"kty":"RSA","kid":"bench","e":"AQAB"}]}\n' >"$OUT/www/small.json"
+  mkdir -p "$OUT/www/.well-known"
+  printf '{"issuer":"%s","authorization_endpoint":"%s/auth","token_endpoint":"%s/token","jwks_uri":"%s/jwks"}\n' \
+    "$GATE" "$GATE" "$GATE" "$GATE" >"$OUT/www/.well-known/openid-configuration"
+  chmod -R a+rX "$OUT/www"
+  local threads what
+  for threads in 1 2; do
+    for what in memory redis pass; do
+      log "6. server.threads $threads: $what"
+      local conf=gate-memory.yaml upstream=$DEAD_PORT url=$GATE/device/code method=POST body=$DEVICE_BODY conns=32
+      case $what in
+      redis) start_redis && conf=gate-redis.yaml ;;
+      pass)
+        start_nginx nginx-static "$STATIC_PORT"
+        conf=gate-default.yaml upstream=$STATIC_PORT url=$GATE/small.json method= body= conns=64
+        ;;
+      esac
+      sed "s/^  threads: 1 .*/  threads: $threads/" "benches/conf/$conf" >"$OUT/threads-$conf"
+      SERVER_CPU=0,1 start_gate gate "$OUT/threads-$conf" "$upstream"
+      wrk_run "$conns" 3 "$url" "$method" "$body" >/dev/null
+      record 6 "$what" "$(wrk_run "$conns" "$SECS" "$url" "$method" "$body")" "threads=$threads"
+      stop_all
+    done
+  done
+}
+
+for s in 1 2 3 4 5 6; do
   if want "$s"; then "scenario_$s"; fi
 done
 record env after "$(jq -n --arg load_after "$(cut -d' ' -f1-3 /proc/loadavg)" '$ARGS.named')"
