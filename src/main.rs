@@ -75,6 +75,9 @@ fn main() -> ExitCode {
             // Not `run_forever`, which calls `exit` and so would drop the audit lines still
             // queued for the log writer: `run` returns once the server has stopped.
             server.run(pingora::server::RunArgs::default());
+            // The last line before the queue is written out: its presence shows nothing queued
+            // was cut off at exit.
+            tracing::info!("devicegate stopped");
             drop(flush);
             ExitCode::SUCCESS
         }

@@ -343,4 +343,12 @@ async fn no_audit_line_is_lost_when_the_gateway_stops_mid_burst() {
         (issued..=sent).contains(&created),
         "{created} created lines for {issued} grants issued ({sent} requests sent)"
     );
+    // The gateway's last line, logged after the server stopped and before the queue was
+    // written out: the process did not exit with lines still queued.
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert!(last.contains("devicegate stopped"), "last line: {last}");
 }
