@@ -48,7 +48,7 @@ impl Gateway {
         let ip = req.ip_key;
         let now = req.now;
         // Before the client authenticates, so guessing a client secret is rate limited too.
-        if let Err(r) = self.limits.device_request_from(&ip, now.secs()).await {
+        if let Err(r) = self.limits.device_request_from(ip, now.secs()).await {
             return refuse(limit_error(r, false));
         }
         let client = match auth::credentials(req, &params, &self.config.clients)

@@ -84,7 +84,7 @@ impl Gateway {
                 .browsers
                 .signed_in_cookie(req)
                 .and_then(|v| keys.signed_in_user(&session.id, &v, now));
-            match self.limits.code_attempt(&ip, user.as_deref(), now).await {
+            match self.limits.code_attempt(ip, user.as_deref(), now).await {
                 Ok(a) => attempt = Some(a),
                 Err(Refused::Limited(secs)) => {
                     return self
