@@ -267,19 +267,23 @@ scenario_2() {
 # no hooks: the ceiling of the engine) and through devicegate. Throughput at 64 connections;
 # latency at 1 connection.
 
-scenario_3() {
-  log "3. pass-through: nginx (static), nginx (proxy), bare Pingora, devicegate"
-  mkdir -p "$OUT/www" "$OUT/nginx-tmp"
-  # A small JSON document (a typical IdP answer: ~300 bytes) and 100 KB of random bytes.
+# The files nginx serves in scenarios 3 and 6: a small JSON document (a typical IdP answer:
+# ~300 bytes), 100 KB of random bytes, and the IdP's discovery document, as the gateway in its
+# default configuration (no upstream.token_path) loads it once from its upstream.
+make_www() {
+  [ -f "$OUT/www/small.json" ] && return 0
+  mkdir -p "$OUT/www/.well-known" "$OUT/nginx-tmp"
   printf '{"keys":[{"kty":"RSA","kid":"bench","use":"sig","alg":"RS256","n":"%s","e":"AQAB"}]}\n' \
     "$(head -c 165 /dev/urandom | base64 -w0 | tr '+/' '-_' | tr -d '=')" >"$OUT/www/small.json"
   head -c 102400 /dev/urandom >"$OUT/www/100k.bin"
-  # The IdP's discovery document, as the gateway in its default configuration (no
-  # upstream.token_path) loads it once from its upstream.
-  mkdir -p "$OUT/www/.well-known"
   printf '{"issuer":"%s","authorization_endpoint":"%s/auth","token_endpoint":"%s/token","jwks_uri":"%s/jwks"}\n' \
     "$GATE" "$GATE" "$GATE" "$GATE" >"$OUT/www/.well-known/openid-configuration"
   chmod -R a+rX "$OUT/www"
+}
+
+scenario_3() {
+  log "3. pass-through: nginx (static), nginx (proxy), bare Pingora, devicegate"
+  make_www
   start_nginx nginx-static "$STATIC_PORT"
   start_nginx nginx-proxy "$PROXY_PORT" "$STATIC_PORT"
   start bare "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$STATIC_PORT" 1
@@ -396,12 +400,7 @@ print(json.dumps(acc))')
 # helpers; benches/README.md explains what the figures say about N cores.
 
 scenario_6() {
-  mkdir -p "$OUT/www"
-  [ -f "$OUT/www/small.json" ] || printf '{"keys":[{"kty":"RSA","kid":"bench","e":"AQAB"}]}\n' >"$OUT/www/small.json"
-  mkdir -p "$OUT/www/.well-known"
-  printf '{"issuer":"%s","authorization_endpoint":"%s/auth","token_endpoint":"%s/token","jwks_uri":"%s/jwks"}\n' \
-    "$GATE" "$GATE" "$GATE" "$GATE" >"$OUT/www/.well-known/openid-configuration"
-  chmod -R a+rX "$OUT/www"
+  make_www
   local threads what
   for threads in 1 2; do
     for what in memory redis pass; do
