@@ -142,12 +142,11 @@ impl Gateway {
         {
             Ok(res) => {
                 let value = keys.signed_in(&browser, &res.subject, now + SIGNED_IN_SECS);
-                let back = self.config.public(&self.config.device.verification_path);
                 let cookie = self.browsers.set_signed_in_cookie(&value, SIGNED_IN_SECS);
                 let mut reply = Reply::new(303, Bytes::new());
                 reply.headers.extend(self.redirect_headers.iter().cloned());
                 reply
-                    .header_text("Location", &back)
+                    .header_text("Location", &self.verification_uri)
                     .header_text("Set-Cookie", &cookie)
                     .fact(Fact::Audit(Audit {
                         sub: Some(res.subject.clone()),
