@@ -67,6 +67,21 @@ pub enum OAuthError {
 }
 
 impl OAuthError {
+    /// Every code [`Self::code`] can answer (the metrics make a series for each at start-up).
+    pub const CODES: &'static [&'static str] = &[
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "invalid_scope",
+        "unauthorized_client",
+        "authorization_pending",
+        "slow_down",
+        "access_denied",
+        "expired_token",
+        "temporarily_unavailable",
+        "server_error",
+    ];
+
     /// The registered error code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -179,5 +194,35 @@ mod tests {
             retry_after: 7,
         };
         assert_eq!(limited.code(), "temporarily_unavailable");
+    }
+
+    #[test]
+    fn codes_lists_every_code() {
+        let every = [
+            OAuthError::InvalidRequest(String::new()),
+            OAuthError::TooLarge {
+                status: 413,
+                description: String::new(),
+            },
+            OAuthError::InvalidClient(String::new()),
+            OAuthError::InvalidGrant(String::new()),
+            OAuthError::InvalidScope(String::new()),
+            OAuthError::UnauthorizedClient(String::new()),
+            OAuthError::AuthorizationPending,
+            OAuthError::SlowDown { interval: 5 },
+            OAuthError::AccessDenied(String::new()),
+            OAuthError::ExpiredToken,
+            OAuthError::TemporarilyUnavailable(String::new()),
+            OAuthError::RateLimited {
+                poll: true,
+                retry_after: 1,
+            },
+            OAuthError::ServerError(String::new()),
+        ];
+        for e in &every {
+            assert!(OAuthError::CODES.contains(&e.code()), "{}", e.code());
+        }
+        let answered: std::collections::BTreeSet<_> = every.iter().map(|e| e.code()).collect();
+        assert_eq!(answered.len(), OAuthError::CODES.len());
     }
 }

@@ -175,6 +175,7 @@ mod tests {
             w.join().unwrap();
         }
         drop(flush);
+        // Bound first: the lock guard must end before `sink` does.
         let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         written
     }

@@ -16,25 +16,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::device::{Grant, Key, Store, StoreError};
+use crate::error::OAuthError;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-
-/// The OAuth error codes an endpoint answers (RFC 6749 §5.2, RFC 8628 §3.5).
-const ERROR_CODES: &[&str] = &[
-    "invalid_request",
-    "invalid_client",
-    "invalid_grant",
-    "invalid_scope",
-    "unauthorized_client",
-    "authorization_pending",
-    "slow_down",
-    "access_denied",
-    "expired_token",
-    "temporarily_unavailable",
-    "server_error",
-];
 
 /// A counter family with one label, its series made once for the values it is known to take.
 pub struct Counters {
@@ -188,9 +174,9 @@ impl Metrics {
         let mut clients = clients.to_vec();
         clients.push("unknown");
         let mut results = vec!["issued"];
-        results.extend_from_slice(ERROR_CODES);
+        results.extend_from_slice(OAuthError::CODES);
         let mut outcomes = vec!["delivered"];
-        outcomes.extend_from_slice(ERROR_CODES);
+        outcomes.extend_from_slice(OAuthError::CODES);
         let r = Registry::new_custom(Some("devicegate".into()), None)?;
         let pending_grants = IntGauge::new("pending_grants", "Grants in the store")?;
         r.register(Box::new(pending_grants.clone()))?;
