@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::device::{Grant, Key, Store, StoreError};
+use crate::device::{Grant, GrantView, Key, Store, StoreError};
 use crate::error::OAuthError;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -371,6 +371,31 @@ impl Store for MeteredStore {
 
     async fn release(&self, key: &str, member: &str) -> std::result::Result<(), StoreError> {
         self.timed("release", self.inner.release(key, member)).await
+    }
+
+    // The operators' calls are not timed: they are rare, and not what devices wait for.
+    async fn list(&self) -> std::result::Result<Vec<Grant>, StoreError> {
+        self.inner.list().await
+    }
+
+    async fn remember(&self, view: &GrantView, now: u64) -> std::result::Result<(), StoreError> {
+        self.inner.remember(view, now).await
+    }
+
+    async fn remembered(&self, now: u64) -> std::result::Result<Vec<GrantView>, StoreError> {
+        self.inner.remembered(now).await
+    }
+
+    async fn set_client_enabled(
+        &self,
+        client_id: &str,
+        enabled: bool,
+    ) -> std::result::Result<(), StoreError> {
+        self.inner.set_client_enabled(client_id, enabled).await
+    }
+
+    async fn client_states(&self) -> std::result::Result<Vec<(String, bool)>, StoreError> {
+        self.inner.client_states().await
     }
 }
 

@@ -162,4 +162,6 @@ impl Default for FileServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileAdmin {
     pub(super) listen: String,
+    /// The bearer token of the admin API (`/grants`, `/clients`); the API is off without it.
+    pub(super) token: Option<String>,
 }

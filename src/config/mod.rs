@@ -14,12 +14,14 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
 mod env;
+mod events;
 mod file;
 mod policy;
 mod runtime;
 mod ui;
 mod validate;
 
+pub use events::{Events, Webhook, EVENT_TYPES};
 pub use policy::{ClaimValue, Policy, Proximity, AUTH_TIME_SKEW_SECS};
 pub use runtime::*;
 pub use ui::{contrast, Colors, ScopeText, Ui};
@@ -65,6 +67,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "listen_tls",
     "limits",
     "admin",
+    "events",
     "log",
     "clients",
     "server",
@@ -135,12 +138,18 @@ impl Config {
             .and_then(|s| validate_server(&mut errs, s));
         let limits = section_or_default::<Limits>(&mut errs, "limits", get("limits"))
             .and_then(|l| validate_limits(&mut errs, l));
+        let mut admin_token = None;
         let admin_listen = match get("admin") {
             None | Some(Value::Null) => Some(None),
             Some(v) => deserialize::<FileAdmin>(&mut errs, "admin", v)
-                .and_then(|a| parse_socket_addr(&mut errs, "admin.listen", &a.listen, false))
+                .and_then(|a| {
+                    admin_token = events::validate_admin_token(&mut errs, a.token);
+                    parse_socket_addr(&mut errs, "admin.listen", &a.listen, false)
+                })
                 .map(Some),
         };
+        let events = section_or_default::<events::FileEvents>(&mut errs, "events", get("events"))
+            .and_then(|e| events::validate_events(&mut errs, e));
         let listen_tls = match get("listen_tls") {
             None | Some(Value::Null) => Some(None),
             Some(v) => deserialize::<FileListenTls>(&mut errs, "listen_tls", v)
@@ -197,6 +206,8 @@ impl Config {
                 ui,
                 listen_tls: listen_tls.flatten(),
                 admin_listen: admin_listen.flatten(),
+                admin_token,
+                events: events.unwrap_or_default(),
                 log: log.unwrap_or_default(),
                 listen,
                 public_url,

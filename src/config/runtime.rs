@@ -240,6 +240,11 @@ pub struct Config {
     pub limits: Limits,
     /// Where `/healthz`, `/readyz` and `/metrics` listen, if anywhere.
     pub admin_listen: Option<SocketAddr>,
+    /// The admin API's bearer token (`admin.token`); without it `/grants` and `/clients`
+    /// answer 401 to everyone.
+    pub admin_token: Option<Secret>,
+    /// Where security events are sent (`events:`).
+    pub events: super::Events,
     pub log: Log,
     pub clients: BTreeMap<String, Client>,
     /// The deployment-wide policy defaults (`policy:`); each client's effective policy is

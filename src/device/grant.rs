@@ -54,6 +54,48 @@ pub struct Grant {
     pub interval: u64,
     pub last_poll: Option<u64>,
     pub status: Status,
+    /// The user's `sub` at the IdP once the login succeeded, kept after delivery for the
+    /// operators' list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// When the grant was delivered or denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    /// Who denied it: `user`, `idp`, `operator` or `policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<String>,
+    /// One instance has reported the grant's expiry (a poll saw it, or the sweep did), so it
+    /// is reported once however many instances look.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expiry_reported: bool,
+}
+
+/// What operators see of a grant (the admin API's `GET /grants`, the webhooks' grant events):
+/// never a code, a token or a login secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantView {
+    pub id: String,
+    pub client_id: String,
+    /// `pending`, `authorizing`, `approved`, `delivered`, `denied` or `expired`.
+    pub status: String,
+    /// Unix seconds, as JWT claims count time.
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub device_address: Option<String>,
+    pub device_software: Option<String>,
+    pub subject: Option<String>,
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<String>,
+}
+
+impl GrantView {
+    /// Whether the grant still waits for the user or the device.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.status.as_str(), "pending" | "authorizing" | "approved")
+    }
 }
 
 /// Where a grant stands.
@@ -113,6 +155,52 @@ pub enum Refusal {
 }
 
 impl Grant {
+    /// Where the grant stands at `now`, as the admin API names it.
+    pub fn status_name(&self, now: u64) -> &'static str {
+        match self.status {
+            Status::Delivered => "delivered",
+            Status::Denied { .. } => "denied",
+            _ if self.is_expired(now) => "expired",
+            Status::Pending => "pending",
+            Status::Authorizing(_) => "authorizing",
+            Status::Approved { .. } => "approved",
+        }
+    }
+
+    /// The operators' view of the grant at `now`.
+    pub fn view(&self, now: u64) -> GrantView {
+        let status = self.status_name(now);
+        GrantView {
+            id: self.id.clone(),
+            client_id: self.client_id.clone(),
+            status: status.to_string(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            device_address: self.requester_ip.clone(),
+            device_software: self.requester_software.clone(),
+            subject: self.subject.clone(),
+            scopes: self.scopes.clone(),
+            ended_at: match status {
+                "expired" => Some(self.expires_at),
+                _ => self.ended_at,
+            },
+            denied_by: self.denied_by.clone(),
+        }
+    }
+
+    /// The first look at this grant since it expired: marks it reported and says so once.
+    pub fn report_expiry(&mut self, now: u64) -> bool {
+        let live = matches!(
+            self.status,
+            Status::Pending | Status::Authorizing(_) | Status::Approved { .. }
+        );
+        if live && self.is_expired(now) && !self.expiry_reported {
+            self.expiry_reported = true;
+            return true;
+        }
+        false
+    }
+
     /// True once `expires_in` has passed.
     pub fn is_expired(&self, now: u64) -> bool {
         now >= self.expires_at
@@ -146,6 +234,7 @@ impl Grant {
                     return Err(OAuthError::ServerError("grant state changed".into()));
                 };
                 self.last_poll = Some(now);
+                self.ended_at = Some(now);
                 // The tokens aged while the device waited for its next poll (Keycloak also
                 // says how long its refresh token lives).
                 let waited = now.saturating_sub(approved_at);
@@ -191,13 +280,31 @@ impl Grant {
         Ok(())
     }
 
-    /// The user pressed Deny (or "I did not start this").
-    pub fn deny(&mut self, reason: &str, now: u64) -> Result<(), Refusal> {
+    /// The grant is refused by `by` (`user`, `operator`, `policy`; `reason` goes to the device).
+    pub fn deny(&mut self, by: &str, reason: &str, now: u64) -> Result<(), Refusal> {
         self.check_actionable(now)?;
+        self.end_denied(by, reason, now);
+        Ok(())
+    }
+
+    /// An operator stops the grant: also one the user has approved but the device has not
+    /// yet collected, whose tokens are dropped.
+    pub fn deny_by_operator(&mut self, reason: &str, now: u64) -> Result<(), Refusal> {
+        match self.status {
+            Status::Approved { .. } if !self.is_expired(now) => {
+                self.end_denied("operator", reason, now);
+                Ok(())
+            }
+            _ => self.deny("operator", reason, now),
+        }
+    }
+
+    fn end_denied(&mut self, by: &str, reason: &str, now: u64) {
         self.status = Status::Denied {
             reason: reason.to_string(),
         };
-        Ok(())
+        self.ended_at = Some(now);
+        self.denied_by = Some(by.to_string());
     }
 
     /// Checks that a callback belongs to the login in progress: same state secret, same browser.
@@ -253,6 +360,7 @@ impl Grant {
         if self.is_expired(now) {
             return Err(Refusal::Expired);
         }
+        self.subject.clone_from(&subject);
         self.status = Status::Approved {
             tokens,
             approved_at: now,
@@ -270,15 +378,14 @@ impl Grant {
         browser_binding: &str,
         reason: &str,
         retryable: bool,
+        now: u64,
     ) -> Result<(), Refusal> {
         self.check_login(state_secret, browser_binding)?;
-        self.status = if retryable {
-            Status::Pending
+        if retryable {
+            self.status = Status::Pending;
         } else {
-            Status::Denied {
-                reason: reason.to_string(),
-            }
-        };
+            self.end_denied("idp", reason, now);
+        }
         Ok(())
     }
 }
@@ -301,6 +408,10 @@ pub(crate) mod tests {
             interval: 5,
             last_poll: None,
             status: Status::Pending,
+            subject: None,
+            ended_at: None,
+            denied_by: None,
+            expiry_reported: false,
         }
     }
 
@@ -361,14 +472,14 @@ pub(crate) mod tests {
     #[test]
     fn deny_reaches_the_device() {
         let mut g = grant(0);
-        g.deny("the user denied the request", 10).unwrap();
+        g.deny("user", "the user denied the request", 10).unwrap();
         assert_eq!(
             g.poll("tv", 11),
             Err(OAuthError::AccessDenied(
                 "the user denied the request".into()
             ))
         );
-        assert_eq!(g.deny("again", 12), Err(Refusal::AlreadyDenied));
+        assert_eq!(g.deny("user", "again", 12), Err(Refusal::AlreadyDenied));
         assert_eq!(g.begin_login(login(), 12), Err(Refusal::AlreadyDenied));
     }
 
@@ -432,10 +543,11 @@ pub(crate) mod tests {
     fn failed_logins() {
         let mut g = grant(0);
         g.begin_login(login(), 1).unwrap();
-        g.fail_login("s", "b", "IdP unreachable", true).unwrap();
+        g.fail_login("s", "b", "IdP unreachable", true, 11).unwrap();
         assert_eq!(g.status, Status::Pending);
         g.begin_login(login(), 2).unwrap();
-        g.fail_login("s", "b", "login cancelled", false).unwrap();
+        g.fail_login("s", "b", "login cancelled", false, 12)
+            .unwrap();
         assert_eq!(
             g.poll("tv", 3),
             Err(OAuthError::AccessDenied("login cancelled".into()))

@@ -17,8 +17,8 @@ use moka::future::Cache;
 use rand::{rngs::OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
-use super::grant::Grant;
-use super::store::{Key, Store, StoreError};
+use super::grant::{Grant, GrantView};
+use super::store::{Key, Store, StoreError, REMEMBER_MAX, REMEMBER_SECS};
 
 /// A fixed-size stand-in for a key string, 16 bytes whatever its length. The keys the gateway
 /// makes are random already and are used as they are: a device-code hash (hex SHA-256) gives
@@ -104,6 +104,10 @@ pub struct MemoryStore {
     counters: moka::sync::Cache<String, Arc<Mutex<Window>>>,
     /// Slot sets ([`Store::admit`]): member → until when it holds its slot.
     slots: moka::sync::Cache<String, Arc<Mutex<HashMap<String, u64>>>>,
+    /// Ended grants' views by id, with when each was written ([`Store::remember`]).
+    ended: Mutex<HashMap<String, (GrantView, u64)>>,
+    /// The operators' run-time client states.
+    clients: Mutex<HashMap<String, bool>>,
 }
 
 /// One limit window: opened at the first event.
@@ -155,6 +159,8 @@ impl MemoryStore {
             by_id,
             live,
             max_pending,
+            ended: Mutex::default(),
+            clients: Mutex::default(),
         }
     }
 
@@ -303,6 +309,50 @@ impl Store for MemoryStore {
         }
         s.insert(member.to_string(), expires_at);
         Ok(Ok(()))
+    }
+
+    async fn list(&self) -> Result<Vec<Grant>, StoreError> {
+        // Expired entries are evicted first, so only stored grants are listed.
+        self.grants.run_pending_tasks().await;
+        self.grants.iter().map(|(_, slot)| slot.read()).collect()
+    }
+
+    async fn remember(&self, view: &GrantView, now: u64) -> Result<(), StoreError> {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        ended.retain(|_, (_, at)| at.saturating_add(REMEMBER_SECS) >= now);
+        ended.insert(view.id.clone(), (view.clone(), now));
+        if ended.len() as u64 > REMEMBER_MAX {
+            if let Some(oldest) = ended
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                ended.remove(&oldest);
+            }
+        }
+        Ok(())
+    }
+
+    async fn remembered(&self, now: u64) -> Result<Vec<GrantView>, StoreError> {
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(ended
+            .values()
+            .filter(|(_, at)| at.saturating_add(REMEMBER_SECS) >= now)
+            .map(|(v, _)| v.clone())
+            .collect())
+    }
+
+    async fn set_client_enabled(&self, client_id: &str, enabled: bool) -> Result<(), StoreError> {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(client_id.to_string(), enabled);
+        Ok(())
+    }
+
+    async fn client_states(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(clients.iter().map(|(k, v)| (k.clone(), *v)).collect())
     }
 
     async fn release(&self, key: &str, member: &str) -> Result<(), StoreError> {

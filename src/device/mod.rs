@@ -17,5 +17,5 @@ pub mod redis;
 pub mod service;
 pub mod store;
 
-pub use grant::{Grant, Login, Refusal, Status, TokenSet};
+pub use grant::{Grant, GrantView, Login, Refusal, Status, TokenSet};
 pub use store::{Key, Store, StoreError};

@@ -11,6 +11,10 @@
 //! | `live`                 | sorted set: grant id → when it leaves (ms) | with its last member     |
 //! | `secret`               | the browser secret shared by instances  | never                      |
 //! | `limit:{key}`          | events spent in a limit's window        | when the window ends       |
+//! | `slots:{key}`          | sorted set: member → until when (s)     | with its last slot         |
+//! | `ended`                | sorted set: ended grant id → when written (s) | trimmed to an hour   |
+//! | `ended:{id}`           | an ended grant's operator view as JSON  | an hour                    |
+//! | `clients`              | hash: client id → `1`/`0`, the operators' kill switch | never        |
 //!
 //! Atomicity. `insert` is one Lua script: capacity check, user-code claim and the writes happen
 //! together. `update` is optimistic: read the grant, apply the change in Rust, and write it back
@@ -36,8 +40,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 use tokio::sync::OnceCell;
 
-use super::grant::Grant;
-use super::store::{Key, Store, StoreError};
+use super::grant::{Grant, GrantView};
+use super::store::{Key, Store, StoreError, REMEMBER_MAX, REMEMBER_SECS};
 use crate::config;
 
 /// Attempts of one `update` before giving up on a grant that keeps changing under it.
@@ -126,7 +130,42 @@ if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 return 0
 ";
 
+/// KEYS: live set. ARGV: the grant key prefix. Every stored grant's JSON.
+const LIST: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  local g = redis.call('GET', ARGV[1] .. id)
+  if g then out[#out + 1] = g end
+end
+return out
+";
+
+/// KEYS: ended set, the view's key. ARGV: id, JSON, now (s), seconds kept, most kept.
+const REMEMBER: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -1 - tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+/// KEYS: ended set. ARGV: the view key prefix, the oldest time kept (s). The views kept.
+const REMEMBERED: &str = r"
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
+  local v = redis.call('GET', ARGV[1] .. id)
+  if v then out[#out + 1] = v end
+end
+return out
+";
+
 struct Scripts {
+    list: Script,
+    remember: Script,
+    remembered: Script,
     spend: Script,
     refund: Script,
     admit: Script,
@@ -194,6 +233,9 @@ impl RedisStore {
             max_pending,
             timeout: cfg.command_timeout,
             scripts: Scripts {
+                list: Script::new(LIST),
+                remember: Script::new(REMEMBER),
+                remembered: Script::new(REMEMBERED),
                 spend: Script::new(SPEND),
                 refund: Script::new(REFUND),
                 admit: Script::new(ADMIT),
@@ -468,6 +510,97 @@ impl Store for RedisStore {
                 .await
                 .map_err(unavailable)?;
             Ok(if wait == 0 { Ok(()) } else { Err(wait) })
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Grant>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let found: Vec<String> = self
+                .scripts
+                .list
+                .key(self.key("live", ""))
+                .arg(self.key("grant:", ""))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            found.iter().map(|j| from_json(j)).collect()
+        })
+        .await
+    }
+
+    async fn remember(&self, view: &GrantView, now: u64) -> Result<(), StoreError> {
+        let json = serde_json::to_string(view)
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode a grant view: {e}")))?;
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let _: i64 = self
+                .scripts
+                .remember
+                .key(self.key("ended", ""))
+                .key(self.key("ended:", &view.id))
+                .arg(&view.id)
+                .arg(json)
+                .arg(now)
+                .arg(REMEMBER_SECS)
+                .arg(REMEMBER_MAX)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remembered(&self, now: u64) -> Result<Vec<GrantView>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let found: Vec<String> = self
+                .scripts
+                .remembered
+                .key(self.key("ended", ""))
+                .arg(self.key("ended:", ""))
+                .arg(now.saturating_sub(REMEMBER_SECS))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            found
+                .iter()
+                .map(|j| {
+                    serde_json::from_str(j).map_err(|e| {
+                        StoreError::Unavailable(format!("redis holds an unreadable view: {e}"))
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_client_enabled(&self, client_id: &str, enabled: bool) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let _: i64 = redis::cmd("HSET")
+                .arg(self.key("clients", ""))
+                .arg(client_id)
+                .arg(if enabled { "1" } else { "0" })
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client_states(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let all: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(self.key("clients", ""))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(all.into_iter().map(|(k, v)| (k, v == "1")).collect())
         })
         .await
     }

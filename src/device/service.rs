@@ -241,6 +241,10 @@ impl DeviceService {
             interval: self.timing.interval,
             last_poll: None,
             status: Status::Pending,
+            subject: None,
+            ended_at: None,
+            denied_by: None,
+            expiry_reported: false,
         };
         // User codes are short (§5.1), so a live one may be drawn twice: draw again.
         for _ in 0..8 {
@@ -376,7 +380,7 @@ impl DeviceService {
     /// Deny pressed.
     pub async fn deny(&self, user_code: &str, now: u64) -> Result<Grant, BrowserError> {
         self.transition(Key::UserCode(user_code), |g| {
-            g.deny("the user denied the request", now)
+            g.deny("user", "the user denied the request", now)
         })
         .await
     }

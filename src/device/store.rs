@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 
-use super::grant::Grant;
+use super::grant::{Grant, GrantView};
 
 /// How a grant is looked up.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +91,31 @@ pub trait Store: Send + Sync {
 
     /// Frees `member`'s slot of `key`, if it holds one.
     async fn release(&self, key: &str, member: &str) -> Result<(), StoreError>;
+
+    /// Every stored grant (live, or ended and still kept for late polls).
+    async fn list(&self) -> Result<Vec<Grant>, StoreError>;
+
+    /// Keeps the view of a grant that ended at `ended_at` for an hour after `now`, so operators
+    /// see it once the grant itself is gone. Writing the same grant again replaces it.
+    async fn remember(&self, view: &GrantView, now: u64) -> Result<(), StoreError>;
+
+    /// The views [`Store::remember`] still keeps.
+    async fn remembered(&self, now: u64) -> Result<Vec<GrantView>, StoreError>;
+
+    /// The operators' run-time kill switch: `client_id` enabled or not, whatever the
+    /// configuration says, for every instance sharing the store, until set again. Kept for
+    /// good (in Redis, across restarts).
+    async fn set_client_enabled(&self, client_id: &str, enabled: bool) -> Result<(), StoreError>;
+
+    /// Every client whose state an operator has set, with that state.
+    async fn client_states(&self) -> Result<Vec<(String, bool)>, StoreError>;
 }
+
+/// How long [`Store::remember`] keeps an ended grant.
+pub const REMEMBER_SECS: u64 = 3600;
+
+/// The most ended grants [`Store::remember`] keeps; the oldest go first.
+pub const REMEMBER_MAX: u64 = 10_000;
 
 #[cfg(test)]
 pub(crate) mod conformance {
@@ -134,7 +158,7 @@ pub(crate) mod conformance {
         // Updates persist and are visible through every key.
         let found = store
             .update(Key::UserCode("CODE0001"), &mut |g| {
-                g.deny("no", 1001).unwrap();
+                g.deny("user", "no", 1001).unwrap();
             })
             .await
             .unwrap();
@@ -321,6 +345,46 @@ pub(crate) mod conformance {
             .await
             .unwrap()
             .is_err());
+        // Listing, remembering ended grants, and the run-time client switch.
+        let store = make(long, 10);
+        assert!(store.list().await.unwrap().is_empty());
+        for n in 0..3 {
+            store.insert(&numbered(n)).await.unwrap();
+        }
+        let mut ids: Vec<String> = store
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["id0", "id1", "id2"]);
+        let mut ended = numbered(1).view(2000);
+        ended.status = "delivered".into();
+        ended.ended_at = Some(2000);
+        store.remember(&ended, 2000).await.unwrap();
+        store.remember(&ended, 2001).await.unwrap();
+        let mut other = numbered(2).view(2000);
+        other.status = "denied".into();
+        store.remember(&other, 2000).await.unwrap();
+        let mut kept = store.remembered(2100).await.unwrap();
+        kept.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(kept, [ended.clone(), other.clone()]);
+        // An hour after it was written, a view is gone.
+        let kept = store.remembered(2001 + REMEMBER_SECS + 1).await.unwrap();
+        assert!(kept.is_empty(), "{kept:?}");
+        assert!(store.client_states().await.unwrap().is_empty());
+        store.set_client_enabled("tv", false).await.unwrap();
+        store.set_client_enabled("kiosk", false).await.unwrap();
+        store.set_client_enabled("kiosk", true).await.unwrap();
+        let mut states = store.client_states().await.unwrap();
+        states.sort();
+        assert_eq!(
+            states,
+            [("kiosk".to_string(), true), ("tv".to_string(), false)]
+        );
+
         // Past every slot's time, all are free again.
         for i in 0..5 {
             let m = format!("after{i}");

@@ -228,14 +228,16 @@ impl Gateway {
         let now = req.now.secs();
         let fail = |reason: String, retryable: bool| {
             let (secret, binding) = (secret.to_string(), binding.clone());
-            move |g: &mut Grant| g.fail_login(&secret, &binding, &reason, retryable)
+            move |g: &mut Grant| g.fail_login(&secret, &binding, &reason, retryable, now)
         };
         let Some(client) = self.enabled_client(&grant.client_id) else {
             // The kill switch, as on the verification page: the grant is denied.
-            let denied = self
-                .device
-                .transition(Key::Id(id), fail("the client is disabled".into(), false))
-                .await;
+            let (s, b) = (secret.to_string(), binding.clone());
+            let deny = move |g: &mut Grant| {
+                g.check_login(&s, &b)?;
+                g.deny_by_operator("the client is disabled", now)
+            };
+            let denied = self.device.transition(Key::Id(id), deny).await;
             return self.disabled_client_page(t, denied);
         };
         if let Some(refused) = self

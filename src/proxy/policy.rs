@@ -64,7 +64,7 @@ impl Gateway {
         let (rule, page) = browser_refusal(policy, grant, browser)?;
         let reason = format!("the approval came from a network the client's {rule} rule refuses");
         Some(
-            self.deny_by_policy(t, grant, rule, page, |g| g.deny(&reason, now))
+            self.deny_by_policy(t, grant, rule, page, |g| g.deny("policy", &reason, now))
                 .await,
         )
     }

@@ -278,7 +278,7 @@ impl Gateway {
         let denied = self
             .device
             .transition(Key::UserCode(user_code), |g| {
-                g.deny("the client is disabled", now)
+                g.deny("operator", "the client is disabled", now)
             })
             .await;
         self.disabled_client_page(t, denied)

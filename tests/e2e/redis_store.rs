@@ -318,6 +318,10 @@ async fn rediss_is_verified_against_the_configured_ca() {
         interval: 5,
         last_poll: None,
         status: Status::Pending,
+        subject: None,
+        ended_at: None,
+        denied_by: None,
+        expiry_reported: false,
     };
     // Never unverified TLS: the self-made certificate is refused without the operator's CA.
     assert!(matches!(
