@@ -41,3 +41,4 @@ pub mod oidc;
 pub mod pages;
 pub mod proxy;
 pub mod server;
+pub mod webhooks;

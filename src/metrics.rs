@@ -143,6 +143,10 @@ pub struct Metrics {
     pub store_seconds: Timings,
     /// Grants in the store (set at scrape time).
     pub pending_grants: IntGauge,
+    /// Security events by webhook (its position in `events.webhooks`) and outcome:
+    /// `delivered`, `retried` (an attempt failed and another follows), `failed` (every
+    /// attempt failed), `dropped` (the receiver's queue was full).
+    pub webhook_events: PerClient,
 }
 
 type Result<T> = std::result::Result<T, prometheus::Error>;
@@ -280,6 +284,16 @@ impl Metrics {
                     "admit",
                     "release",
                 ],
+            ),
+            webhook_events: PerClient::new(
+                counter(
+                    &r,
+                    "webhook_events_total",
+                    "Security events sent to webhooks, by webhook and outcome",
+                    &["webhook", "outcome"],
+                )?,
+                &[],
+                &[],
             ),
             pending_grants,
             registry: r,
