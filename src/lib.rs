@@ -18,15 +18,16 @@
 //! - [`pages`]: the verification pages (escaped templates).
 //! - [`discovery`]: the rewrite of the IdP's discovery documents.
 //! - [`form`]: strict form and query parsing.
-//! - [`metrics`]: the Prometheus metrics; [`admin`]: the admin listener serving them with
-//!   `/healthz` and `/readyz`.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`webhooks`]: security events, signed (Standard Webhooks), to the operators' receivers.
+//! - [`cli`]: `devicegate admin …`, the operators' client of the admin API.
 //! - [`logging`]: the log output, written by its own thread and flushed at shutdown.
 //! - [`limits`]: rate limits (user-code brute force, device and token endpoint floods).
 //! - [`net`]: CIDR blocks, the real client address behind trusted proxies, and
 //!   `upstream.address` kept resolved ([`net::Resolving`]).
 //! - [`error`]: the OAuth error enum and its JSON wire format.
 
-pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod device;

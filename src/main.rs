@@ -1,4 +1,4 @@
-//! `devicegate --config PATH [--check] [--upgrade]`
+//! `devicegate --config PATH [--check] [--upgrade]`, and `devicegate --config PATH admin …`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +19,17 @@ struct Args {
     /// binary with this flag, then send SIGQUIT to the old one.
     #[arg(short, long)]
     upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Call the admin API of the gateway this configuration describes.
+    Admin {
+        #[command(subcommand)]
+        call: devicegate::cli::AdminCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +42,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Admin { call }) = &args.command {
+        return match devicegate::cli::run(&config, call) {
+            Ok(out) => {
+                println!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("devicegate admin: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // RUST_LOG, when set, overrides log.level. Dropped last: every queued line is written.
     let flush = devicegate::logging::init(&config.log);
     // The pages are built (and their templates tried) once logging is set up.

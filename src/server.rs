@@ -93,11 +93,17 @@ pub fn build(prepared: Prepared, upgrade: bool) -> Result<Server, String> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     let gateway = Gateway::new(config.clone(), pages, Arc::new(SystemClock))?;
+    let operator = gateway.operator();
     if let Some(addr) = config.admin_listen {
-        let mut admin = Service::new("devicegate admin".into(), gateway.admin());
+        let mut admin = Service::new("devicegate admin".into(), gateway.admin(operator.clone()));
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    // Every instance refreshes the kill switch and sweeps the store.
+    server.add_service(pingora::services::background::background_service(
+        "devicegate upkeep",
+        crate::proxy::operator::Upkeep(operator),
+    ));
     let drain = drain_period(config.server.grace_period_seconds);
     let proxy = Draining {
         app: Arc::new(http_proxy(&server.configuration, gateway)),

@@ -74,6 +74,8 @@ struct Receiver {
 pub struct Outbox {
     receivers: Vec<Receiver>,
     metrics: Arc<Metrics>,
+    /// When each throttled key last let an event through ([`Outbox::first_in`]).
+    throttled: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 /// Seconds between two log lines about dropped events of one receiver.
@@ -85,6 +87,7 @@ impl Outbox {
         Self {
             receivers: Vec::new(),
             metrics,
+            throttled: Default::default(),
         }
     }
 
@@ -148,12 +151,32 @@ impl Outbox {
                 })
             })
             .map_err(|e| format!("events: cannot start the webhook sender: {e}"))?;
-        Ok(Self { receivers, metrics })
+        Ok(Self {
+            receivers,
+            metrics,
+            throttled: Default::default(),
+        })
     }
 
     /// Whether any receiver wants events of `kind` (so callers can skip building them).
     pub fn wants(&self, kind: &str) -> bool {
         self.receivers.iter().any(|r| r.hook.wants(kind))
+    }
+
+    /// True for the first call with `key` in each `every` seconds: events that would come in
+    /// floods (`limit.tripped`) are sent once per window.
+    pub fn first_in(&self, key: &'static str, every: u64, now: u64) -> bool {
+        let mut last = self
+            .throttled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match last.get(key) {
+            Some(at) if now < at.saturating_add(every) => false,
+            _ => {
+                last.insert(key, now);
+                true
+            }
+        }
     }
 
     /// Queues an event of `kind` for every receiver that wants it; never waits.

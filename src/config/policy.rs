@@ -216,6 +216,41 @@ impl Policy {
     }
 
     /// The policy in one line per rule, as `--check` prints it.
+    /// The policy as JSON (the admin API's `GET /clients`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let nets = |n: &Option<Vec<Cidr>>| {
+            n.as_ref()
+                .map(|l| l.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        let claims: serde_json::Map<String, serde_json::Value> = self
+            .require_claims
+            .iter()
+            .map(|(k, vs)| {
+                let vs = vs
+                    .iter()
+                    .map(|v| match v {
+                        ClaimValue::Str(s) => serde_json::Value::from(s.as_str()),
+                        ClaimValue::Bool(b) => serde_json::Value::from(*b),
+                    })
+                    .collect();
+                (k.clone(), serde_json::Value::Array(vs))
+            })
+            .collect();
+        serde_json::json!({
+            "device_networks": nets(&self.device_networks),
+            "approver_networks": nets(&self.approver_networks),
+            "proximity": self.proximity.as_str(),
+            "proximity_ipv4_prefix": self.proximity_ipv4_prefix,
+            "proximity_ipv6_prefix": self.proximity_ipv6_prefix,
+            "require_claims": claims,
+            "acr_values": self.acr_values,
+            "max_age": self.max_age,
+            "refresh_tokens": self.refresh_tokens,
+            "verification_uri_complete": self.verification_uri_complete,
+            "max_pending": self.max_pending,
+        })
+    }
+
     pub fn describe(&self) -> String {
         let nets = |n: &Option<Vec<Cidr>>| match n {
             None => "anywhere".to_string(),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::code;
-use super::grant::{grown_interval, Grant, Login, Refusal, Status, TokenSet};
+use super::grant::{grown_interval, Grant, GrantView, Login, Refusal, Status, TokenSet};
 use super::store::{Key, Store, StoreError};
 use crate::clock::Time;
 use crate::error::OAuthError;
@@ -57,6 +57,8 @@ pub struct Issued {
     pub user_code: String,
     pub expires_in: u64,
     pub interval: u64,
+    /// The new grant as operators see it.
+    pub view: GrantView,
 }
 
 /// What one poll found.
@@ -67,6 +69,10 @@ pub struct Polled {
     /// Who approved it, when this poll took the tokens.
     pub subject: Option<String>,
     pub result: Result<TokenSet, OAuthError>,
+    /// The grant after the poll, as operators see it.
+    pub view: Option<GrantView>,
+    /// This poll is the first look at the grant since it expired (reported once).
+    pub first_expiry: bool,
 }
 
 /// Result of the browser side looking up or acting on a grant.
@@ -251,6 +257,7 @@ impl DeviceService {
             match self.store.insert(&grant).await {
                 Ok(()) => {
                     return Ok(Issued {
+                        view: grant.view(now.secs()),
                         id: grant.id,
                         device_code,
                         user_code: grant.user_code,
@@ -290,12 +297,16 @@ impl DeviceService {
                 grant: Some(grant_id),
                 subject: None,
                 result: Err(slow_down),
+                view: None,
+                first_expiry: false,
             };
         }
         let mut outcome = None;
         let mut interval = self.timing.interval;
         let mut grant_id = None;
         let mut subject = None;
+        let mut view = None;
+        let mut first_expiry = false;
         let found = self
             .store
             .update(Key::DeviceCodeHash(&hash), &mut |g| {
@@ -303,9 +314,13 @@ impl DeviceService {
                     Status::Approved { subject, .. } => subject.clone(),
                     _ => None,
                 };
-                outcome = Some(g.poll(client_id, now));
+                let polled = g.poll(client_id, now);
+                // Set on every run of the closure: an optimistic store may run it again.
+                first_expiry = polled == Err(OAuthError::ExpiredToken) && g.report_expiry(now);
+                outcome = Some(polled);
                 interval = g.interval;
                 grant_id = Some(g.id.clone());
+                view = Some(g.view(now));
             })
             .await;
         let result = match (found, outcome) {
@@ -333,6 +348,8 @@ impl DeviceService {
             subject: subject.filter(|_| result.is_ok()),
             grant: grant_id,
             result,
+            view,
+            first_expiry,
         }
     }
 
@@ -398,6 +415,31 @@ impl DeviceService {
     /// Number of stored grants.
     pub async fn stored(&self) -> Result<u64, StoreError> {
         self.store.count().await
+    }
+
+    /// The store, for the operators' calls (listing, the client switch).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// An operator stops the grant `id`.
+    pub async fn deny_by_operator(&self, id: &str, now: u64) -> Result<Grant, BrowserError> {
+        self.transition(Key::Id(id), |g| {
+            g.deny_by_operator("an operator stopped this device login", now)
+        })
+        .await
+    }
+
+    /// Marks the grant `id` as reported expired, if no one has: true for the one caller that
+    /// did (of every instance's).
+    pub async fn report_expiry(&self, id: &str, now: u64) -> Result<Option<Grant>, StoreError> {
+        let mut reported = None;
+        self.store
+            .update(Key::Id(id), &mut |g| {
+                reported = g.report_expiry(now).then(|| g.clone());
+            })
+            .await?;
+        Ok(reported)
     }
 }
 

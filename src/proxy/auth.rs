@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::Request;
 use crate::config::Client;
+use crate::device::switch::ClientSwitch;
 use crate::error::OAuthError;
 use crate::form::Params;
 
@@ -111,6 +112,7 @@ pub fn credentials(
 /// clients need none, and a secret they send is ignored. A disabled client is refused.
 pub fn authenticate<'c>(
     clients: &'c BTreeMap<String, Client>,
+    switch: &ClientSwitch,
     creds: &Credentials,
 ) -> Result<&'c Client, OAuthError> {
     let client = clients
@@ -137,8 +139,8 @@ pub fn authenticate<'c>(
             ));
         }
     }
-    if !client.enabled {
-        // The kill switch: no new grants, and no delivery of tokens approved before it was set.
+    if !switch.enabled(client) {
+        // The kill switch (the configuration's, or an operator's at run time): no new grants, and no delivery of tokens approved before it was set.
         return Err(OAuthError::InvalidClient("this client is disabled".into()));
     }
     Ok(client)

@@ -52,7 +52,7 @@ impl Gateway {
             return refuse(limit_error(r, false));
         }
         let client = match auth::credentials(req, &params, &self.config.clients)
-            .and_then(|creds| auth::authenticate(&self.config.clients, &creds))
+            .and_then(|creds| auth::authenticate(&self.config.clients, &self.switch, &creds))
         {
             Ok(c) => c,
             Err(e) => return refuse(e),
@@ -171,11 +171,10 @@ impl Gateway {
                 client: client.client_id.clone(),
                 result: "issued",
             })
-            .fact(Fact::Audit(Audit::grant(
-                Event::Created,
-                &issued.id,
-                &client.client_id,
-            )))
+            .fact(Fact::Audit(
+                Audit::grant(Event::Created, &issued.id, &client.client_id)
+                    .with_view(Some(issued.view.clone())),
+            ))
     }
 
     /// `verification_uri_complete` (§3.3.1) for a canonical user code and its link tag.

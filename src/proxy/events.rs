@@ -3,8 +3,12 @@
 //! succeeded, a limit that refused). [`record`] turns them into the `audit` log line and the
 //! Prometheus counters in one place, so nothing is logged or counted on a path that failed.
 
+use serde_json::{json, Value};
+
+use crate::device::{Grant, GrantView};
 use crate::error::OAuthError;
 use crate::metrics::Metrics;
+use crate::webhooks::Outbox;
 
 /// Who denied a grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,8 @@ pub struct Audit {
     /// The device's address and software, for a report.
     pub device_ip: Option<String>,
     pub device_software: Option<String>,
+    /// The grant as operators see it, sent with the event's webhook.
+    pub view: Option<Box<GrantView>>,
 }
 
 impl Audit {
@@ -97,7 +103,27 @@ impl Audit {
             error: None,
             device_ip: None,
             device_software: None,
+            view: None,
         }
+    }
+
+    /// The event about one grant, as it stands after the event.
+    pub fn of(event: Event, g: &Grant) -> Self {
+        let at = match event {
+            Event::Expired => g.expires_at,
+            _ => g.ended_at.unwrap_or(g.created_at),
+        };
+        Self {
+            sub: g.subject.clone(),
+            view: Some(Box::new(g.view(at))),
+            ..Self::grant(event, &g.id, &g.client_id)
+        }
+    }
+
+    /// With the grant's view (see [`Audit::of`]).
+    pub fn with_view(mut self, view: Option<GrantView>) -> Self {
+        self.view = view.map(Box::new);
+        self
     }
 
     /// The event about one grant.
@@ -189,11 +215,15 @@ pub fn limited_by(e: &OAuthError) -> Vec<Fact> {
     }
 }
 
-/// Logs and counts the facts of one reply; `client_ip` is the request's address key.
-pub fn record(metrics: &Metrics, facts: &[Fact], client_ip: &str) {
+/// Logs and counts the facts of one reply, and sends their security events to the webhooks
+/// that want them; `client_ip` is the request's address key, `now` Unix seconds.
+pub fn record(metrics: &Metrics, outbox: &Outbox, facts: &[Fact], client_ip: &str, now: u64) {
     for fact in facts {
         match fact {
-            Fact::Audit(a) => audit(a, client_ip),
+            Fact::Audit(a) => {
+                audit(a, client_ip);
+                webhooks(outbox, a, client_ip, now);
+            }
             Fact::DeviceAuthorization { client, result } => {
                 metrics.device_authorizations.inc(client, result)
             }
@@ -203,6 +233,81 @@ pub fn record(metrics: &Metrics, facts: &[Fact], client_ip: &str) {
             Fact::Policy { client, rule } => metrics.policy_refusals.inc(client, rule),
             Fact::Reported { client } => metrics.reported.inc(client),
         }
+    }
+}
+
+/// The webhook event types of an audit event (a report is also a denial by the user, and a
+/// policy's denial also a policy refusal).
+pub fn webhook_types(event: Event) -> &'static [&'static str] {
+    match event {
+        Event::Created => &["grant.created"],
+        Event::Approved => &["grant.approved"],
+        Event::Denied(By::Policy(_)) => &["grant.denied", "policy.refused"],
+        Event::Denied(_) => &["grant.denied"],
+        Event::Reported => &["grant.reported", "grant.denied"],
+        Event::Expired => &["grant.expired"],
+        Event::Delivered => &["grant.delivered"],
+        Event::Refused(_) => &["limit.tripped"],
+        Event::PolicyRefused(_) => &["policy.refused"],
+        Event::CodeEntered | Event::SignedIn => &[],
+    }
+}
+
+/// What a webhook event says: the grant's view when it is about a grant, and why.
+pub fn webhook_data(a: &Audit, client_ip: &str) -> Value {
+    let mut data = match &a.view {
+        Some(v) => serde_json::to_value(v).unwrap_or_else(|_| json!({})),
+        None => json!({}),
+    };
+    if let Value::Object(m) = &mut data {
+        if a.view.is_none() {
+            if let Some(c) = &a.client_id {
+                m.insert("client_id".into(), c.as_str().into());
+            }
+        }
+        match a.event {
+            Event::Denied(By::Policy(rule)) | Event::PolicyRefused(rule) => {
+                m.insert("by".into(), "policy".into());
+                m.insert("rule".into(), rule.into());
+            }
+            Event::Denied(by) => {
+                m.insert("by".into(), by.as_str().into());
+            }
+            Event::Reported => {
+                m.insert("by".into(), "user".into());
+            }
+            Event::Refused(limit) => {
+                m.insert("limit".into(), limit.into());
+            }
+            _ => {}
+        }
+        if let Some(e) = &a.error {
+            m.insert("error".into(), e.as_str().into());
+        }
+        // The address of the request behind the event: the device's for device requests and
+        // polls, the browser's for the pages.
+        if !client_ip.is_empty() {
+            m.insert("client_ip".into(), client_ip.into());
+        }
+    }
+    data
+}
+
+/// Seconds between two `limit.tripped` events of one limit, per instance: a flood is one
+/// alert a minute, with its count in the metrics.
+pub const LIMIT_EVENT_EVERY: u64 = 60;
+
+fn webhooks(outbox: &Outbox, a: &Audit, client_ip: &str, now: u64) {
+    for kind in webhook_types(a.event) {
+        if !outbox.wants(kind) {
+            continue;
+        }
+        if let Event::Refused(limit) = a.event {
+            if !outbox.first_in(limit, LIMIT_EVENT_EVERY, now) {
+                continue;
+            }
+        }
+        outbox.send(kind, &webhook_data(a, client_ip), now);
     }
 }
 
@@ -236,6 +341,7 @@ fn audit(a: &Audit, client_ip: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn facts_become_the_documented_series() {
@@ -249,7 +355,7 @@ mod tests {
             },
         ];
         facts.extend(limited("code_failures"));
-        record(&m, &facts, "127.0.0.1");
+        record(&m, &Outbox::none(Arc::new(Metrics::new().unwrap())), &facts, "127.0.0.1", 0);
         let text = String::from_utf8(m.render()).unwrap();
         for series in [
             r#"devicegate_verifications_total{outcome="refused"} 1"#,

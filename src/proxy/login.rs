@@ -80,7 +80,7 @@ impl Gateway {
     /// The client a sign-in (no grant yet) goes to the IdP as: the first enabled one, whose
     /// redirect URI, this gateway's callback, the IdP knows.
     fn signin_client(&self) -> Option<&crate::config::Client> {
-        self.config.clients.values().find(|c| c.enabled)
+        self.config.clients.values().find(|c| self.switch.enabled(c))
     }
 
     /// "Sign in" pressed on the page shown while everyone's wrong-code budget is spent: the
@@ -257,7 +257,7 @@ impl Gateway {
                     .message(t, Message::LoginFailed)
                     .fact(Fact::Verification("login_failed"))
                     .fact(Fact::Audit(
-                        Audit::grant(Event::Denied(By::Idp), &g.id, &g.client_id).error(err),
+                        Audit::of(Event::Denied(By::Idp), &g).error(err),
                     )),
                 Err(e) => self.unrecorded(t, &grant, "IdP refusal", e),
             };
@@ -299,8 +299,7 @@ impl Gateway {
                         .message(t, Message::Approved)
                         .fact(Fact::Verification("approved"))
                         .fact(Fact::Audit(
-                            Audit::grant(Event::Approved, &g.id, &g.client_id)
-                                .subject(Some(&subject)),
+                            Audit::of(Event::Approved, &g).subject(Some(&subject)),
                         )),
                     Err(e) => self.unrecorded(t, &grant, "approval", e),
                 }
@@ -332,7 +331,7 @@ impl Gateway {
                         .message(t, Message::LoginFailed)
                         .fact(Fact::Verification("login_failed"))
                         .fact(Fact::Audit(
-                            Audit::grant(Event::Denied(By::Idp), &g.id, &g.client_id).error(&error),
+                            Audit::of(Event::Denied(By::Idp), &g).error(&error),
                         )),
                     Err(e) => self.unrecorded(t, &grant, "login failure", e),
                 }

@@ -21,12 +21,14 @@
 //! bindings). Handlers never panic and never answer 5xx for bad input: API endpoints answer
 //! RFC 6749 JSON errors, browser endpoints readable pages.
 
+pub mod admin;
 mod auth;
 mod browser;
 mod device_authorization;
 mod discovery;
 pub mod events;
 mod login;
+pub mod operator;
 mod policy;
 mod qr;
 pub mod reply;
@@ -48,10 +50,10 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::Result;
 
-use crate::admin::Admin;
 use crate::clock::{Clock, Time};
 use crate::config::{Backend, Config};
 use crate::device::service::{DeviceService, Timing, EXPIRED_GRACE_SECS};
+use crate::device::switch::ClientSwitch;
 use crate::device::{memory::MemoryStore, redis::RedisStore, Store};
 use crate::limits::{ip_key, Limits};
 use crate::metrics::{MeteredStore, Metrics};
@@ -99,6 +101,10 @@ pub struct Gateway {
     upstream_addr: Arc<crate::net::Resolving>,
     /// `public_url`'s origin, made once.
     public_origin: url::Origin,
+    /// Where security events go (`events.webhooks`).
+    outbox: Arc<crate::webhooks::Outbox>,
+    /// The operators' run-time kill switch.
+    switch: Arc<ClientSwitch>,
 }
 
 /// The pages' security headers. The CSP's `form-action` must let the consent form's redirect
@@ -278,6 +284,8 @@ impl Gateway {
                 RELAY_TTL,
                 config.upstream.timeout,
             ),
+            switch: Arc::default(),
+            outbox: Arc::new(crate::webhooks::Outbox::start(&config.events, metrics.clone())?),
             device,
             oidc,
             pages,
@@ -288,10 +296,22 @@ impl Gateway {
         })
     }
 
+    /// The operators' actions on this gateway's store and clients.
+    pub fn operator(&self) -> Arc<operator::Operator> {
+        Arc::new(operator::Operator::new(
+            self.config.clone(),
+            self.device.clone(),
+            self.switch.clone(),
+            self.outbox.clone(),
+            self.metrics.clone(),
+            self.clock.clone(),
+        ))
+    }
+
     /// The admin endpoints' view of this gateway.
-    pub fn admin(&self) -> Admin {
-        Admin {
-            device: self.device.clone(),
+    pub fn admin(&self, operator: Arc<operator::Operator>) -> admin::Admin {
+        admin::Admin {
+            operator,
             oidc: self.oidc.clone(),
             metrics: self.metrics.clone(),
         }
@@ -353,7 +373,10 @@ impl Gateway {
 
     /// A configured client that is not switched off.
     fn enabled_client(&self, client_id: &str) -> Option<&crate::config::Client> {
-        self.config.clients.get(client_id).filter(|c| c.enabled)
+        self.config
+            .clients
+            .get(client_id)
+            .filter(|c| self.switch.enabled(c))
     }
 
     /// The IdP's token path, when it is known without waiting: configured, or from the
@@ -618,7 +641,13 @@ impl ProxyHttp for Gateway {
                 }
             }
         };
-        events::record(&self.metrics, &reply.facts, &ctx.ip_key);
+        events::record(
+            &self.metrics,
+            &self.outbox,
+            &reply.facts,
+            &ctx.ip_key,
+            ctx.now.secs(),
+        );
         reply::write(session, reply).await?;
         Ok(true)
     }

@@ -89,7 +89,7 @@ impl Gateway {
             Ok(g) => {
                 let audit = Audit {
                     device_ip: g.requester_ip.clone(),
-                    ..Audit::grant(Event::Denied(By::Policy(rule)), &g.id, &g.client_id)
+                    ..Audit::of(Event::Denied(By::Policy(rule)), &g)
                 };
                 reply.facts(events::policy_refusal(audit, &g.client_id, rule))
             }

@@ -46,6 +46,8 @@ impl Gateway {
                     grant: None,
                     subject: None,
                     result: Err(e),
+                    view: None,
+                    first_expiry: false,
                 },
             ),
         };
@@ -55,15 +57,17 @@ impl Gateway {
                 .fact(Fact::Poll("delivered"))
                 .fact(Fact::Audit(
                     Audit::grant(Event::Delivered, grant, &client_id)
-                        .subject(polled.subject.as_deref()),
+                        .subject(polled.subject.as_deref())
+                        .with_view(polled.view),
                 )),
             Err(e) => {
                 let mut reply = Reply::oauth_error(&e)
                     .fact(Fact::Poll(e.code()))
                     .facts(events::limited_by(&e));
-                if e == OAuthError::ExpiredToken {
-                    reply =
-                        reply.fact(Fact::Audit(Audit::grant(Event::Expired, grant, &client_id)));
+                if polled.first_expiry {
+                    // Once per grant, by whichever instance saw it first.
+                    let audit = Audit::grant(Event::Expired, grant, &client_id);
+                    reply = reply.fact(Fact::Audit(audit.with_view(polled.view)));
                 }
                 reply
             }
@@ -83,7 +87,7 @@ impl Gateway {
             .await
             .map_err(limited)?;
         let creds = auth::credentials(req, &params, &self.config.clients)?;
-        let client = auth::authenticate(&self.config.clients, &creds)?;
+        let client = auth::authenticate(&self.config.clients, &self.switch, &creds)?;
         let device_code = params.require("device_code")?;
         self.limits
             .poll_by(&client.client_id, now)

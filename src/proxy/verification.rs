@@ -254,7 +254,7 @@ impl Gateway {
                 let audit = Audit {
                     device_ip: g.requester_ip.clone(),
                     device_software: g.requester_software.clone(),
-                    ..Audit::grant(Event::Reported, &g.id, &g.client_id)
+                    ..Audit::of(Event::Reported, &g)
                 };
                 self.message(t, Message::Reported)
                     .fact(Fact::Verification("reported"))
@@ -295,11 +295,7 @@ impl Gateway {
             .message(t, Message::ClientDisabled)
             .fact(Fact::Verification("refused"));
         match denied {
-            Ok(g) => reply.fact(Fact::Audit(Audit::grant(
-                Event::Denied(By::Operator),
-                &g.id,
-                &g.client_id,
-            ))),
+            Ok(g) => reply.fact(Fact::Audit(Audit::of(Event::Denied(By::Operator), &g))),
             Err(e) => {
                 // Already ended (or the store failed): nothing was denied now.
                 tracing::info!(error = ?e, "the disabled client's grant was not denied");

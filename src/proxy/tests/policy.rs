@@ -82,7 +82,7 @@ async fn device_networks_refuse_every_address_outside_and_admit_those_inside() {
         .authorize_from("198.51.100.1", "openid")
         .await
         .unwrap_err();
-    events::record(&h.gw.metrics, &r.facts, "198.51.100.1");
+    events::record(&h.gw.metrics, &h.gw.outbox, &r.facts, "198.51.100.1", 0);
     let metrics = String::from_utf8(h.gw.metrics.render()).unwrap();
     let series = r#"devicegate_policy_refusals_total{client_id="tv-app",rule="device_networks"} 1"#;
     assert!(metrics.contains(series), "{metrics}");
