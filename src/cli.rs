@@ -132,7 +132,10 @@ mod tests {
         };
         assert_eq!(
             grants.request(),
-            ("GET", "/grants?client_id=tv+app&status=pending%2Cauthorizing".into())
+            (
+                "GET",
+                "/grants?client_id=tv+app&status=pending%2Cauthorizing".into()
+            )
         );
         assert_eq!(
             AdminCommand::Disable {

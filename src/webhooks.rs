@@ -196,8 +196,7 @@ impl Outbox {
                 let n = r.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let last = r.logged_at.load(Ordering::Relaxed);
                 if now >= last + DROP_LOG_EVERY
-                    && r
-                        .logged_at
+                    && r.logged_at
                         .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
@@ -305,9 +304,7 @@ mod tests {
     /// signature it gives.
     #[test]
     fn signs_the_specifications_example() {
-        let key = STANDARD
-            .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-            .unwrap();
+        let key = STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = sign(
             &key,
             "msg_p5jXN8AQM9LWM0D4loKWxJek",

@@ -78,7 +78,11 @@ impl Answer {
 
     fn store(e: &StoreError) -> Self {
         tracing::warn!(error = %e, "admin API: the store did not answer");
-        Self::error(503, "temporarily_unavailable", "the grant store did not answer")
+        Self::error(
+            503,
+            "temporarily_unavailable",
+            "the grant store did not answer",
+        )
     }
 
     fn allow(mut self, methods: &'static str) -> Self {
@@ -179,7 +183,11 @@ impl Admin {
         }
         if let Some(c) = &client {
             if self.operator.client(c).is_none() {
-                return Answer::error(400, "invalid_request", &format!("no client '{c}' is configured"));
+                return Answer::error(
+                    400,
+                    "invalid_request",
+                    &format!("no client '{c}' is configured"),
+                );
             }
         }
         match self.operator.grants(true).await {
@@ -308,11 +316,17 @@ impl Admin {
                 Ok(Some(chunk)) => {
                     read += chunk.len();
                     if read > MAX_BODY {
-                        return Answer::error(413, "invalid_request", "the admin API takes no body");
+                        return Answer::error(
+                            413,
+                            "invalid_request",
+                            "the admin API takes no body",
+                        );
                     }
                 }
                 Ok(None) => break,
-                Err(_) => return Answer::error(400, "invalid_request", "the body could not be read"),
+                Err(_) => {
+                    return Answer::error(400, "invalid_request", "the body could not be read")
+                }
             }
         }
         let caller = session

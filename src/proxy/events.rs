@@ -355,7 +355,13 @@ mod tests {
             },
         ];
         facts.extend(limited("code_failures"));
-        record(&m, &Outbox::none(Arc::new(Metrics::new().unwrap())), &facts, "127.0.0.1", 0);
+        record(
+            &m,
+            &Outbox::none(Arc::new(Metrics::new().unwrap())),
+            &facts,
+            "127.0.0.1",
+            0,
+        );
         let text = String::from_utf8(m.render()).unwrap();
         for series in [
             r#"devicegate_verifications_total{outcome="refused"} 1"#,

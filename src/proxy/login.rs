@@ -80,7 +80,10 @@ impl Gateway {
     /// The client a sign-in (no grant yet) goes to the IdP as: the first enabled one, whose
     /// redirect URI, this gateway's callback, the IdP knows.
     fn signin_client(&self) -> Option<&crate::config::Client> {
-        self.config.clients.values().find(|c| self.switch.enabled(c))
+        self.config
+            .clients
+            .values()
+            .find(|c| self.switch.enabled(c))
     }
 
     /// "Sign in" pressed on the page shown while everyone's wrong-code budget is spent: the

@@ -285,7 +285,10 @@ impl Gateway {
                 config.upstream.timeout,
             ),
             switch: Arc::default(),
-            outbox: Arc::new(crate::webhooks::Outbox::start(&config.events, metrics.clone())?),
+            outbox: Arc::new(crate::webhooks::Outbox::start(
+                &config.events,
+                metrics.clone(),
+            )?),
             device,
             oidc,
             pages,

@@ -199,7 +199,9 @@ impl Operator {
                 }
             }
             if view.is_pending() {
-                let disabled = self.client(&g.client_id).is_some_and(|c| !self.switch.enabled(c));
+                let disabled = self
+                    .client(&g.client_id)
+                    .is_some_and(|c| !self.switch.enabled(c));
                 if disabled {
                     let _ = self.deny(&g.id, "").await;
                 }
@@ -218,7 +220,10 @@ impl Operator {
             }
         }
         // Bounded: the ids of grants the store no longer holds are not needed.
-        let mut remembered = self.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut remembered = self
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if remembered.len() > REMEMBERED_IDS {
             remembered.clear();
         }

@@ -21,7 +21,7 @@ pub fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_default()
 }
 
-fn idp_dir() -> PathBuf {
+pub fn idp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/idp")
 }
 
@@ -67,8 +67,11 @@ pub struct Options {
     pub upstream_timeout: u64,
     /// The body of a `limits:` section (indented two spaces), if any.
     pub limits: Option<String>,
-    /// Serve `/healthz`, `/readyz` and `/metrics` on an admin listener (`Env::admin_url`).
+    /// Serve `/healthz`, `/readyz`, `/metrics` and the admin API (token [`ADMIN_TOKEN`]) on an
+    /// admin listener (`Env::admin_url`).
     pub admin: bool,
+    /// The body of an `events:` section (indented two spaces), if any.
+    pub events: Option<String>,
     /// Log JSON lines (`log.format: json`) instead of text.
     pub json_logs: bool,
     /// Also listen with TLS (`Env::tls_port`), with these PEM certificate and key files.
@@ -131,6 +134,7 @@ impl Default for Options {
             upstream_timeout: 5,
             limits: None,
             admin: false,
+            events: None,
             json_logs: false,
             listen_tls: None,
             trusted_proxies: None,
@@ -198,6 +202,8 @@ pub fn secret_of(client_id: &str) -> Option<&'static str> {
     (client_id == "kiosk").then_some(KIOSK_SECRET)
 }
 pub const REDIS_PASSWORD: &str = "redis-password-value";
+/// The admin API's token in the tests' configurations (`admin.token`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -310,8 +316,15 @@ store:
                 .map(|t| format!("  trusted_proxies: {t}\n"))
                 .unwrap_or_default(),
             admin = admin_port
-                .map(|p| format!("admin:\n  listen: 127.0.0.1:{p}\n"))
-                .unwrap_or_default(),
+                .map(|p| format!(
+                    "admin:\n  listen: 127.0.0.1:{{ADMIN_PORT_{p}}}\n  token: ${{DEVICEGATE_ADMIN_TOKEN}}\n"
+                ))
+                .unwrap_or_default()
+                + &opts
+                    .events
+                    .as_ref()
+                    .map(|e| format!("events:\n{e}"))
+                    .unwrap_or_default(),
             tls = match (&opts.listen_tls, tls_port) {
                 (Some((cert, key)), Some(p)) => format!(
                     "listen_tls:\n  listen: 127.0.0.1:{p}\n  cert_file: {cert}\n  key_file: {key}\n"
@@ -390,6 +403,19 @@ store:
     fn spawn_gateway_with(&self, port: u16, name: &str, args: &[&str]) -> Proc {
         let conf_path = self.dir.path().join(format!("{name}.yaml"));
         let config = self.config.replace("{LISTEN_PORT}", &port.to_string());
+        // Another instance gets an admin port of its own.
+        let config = match (self.admin_url.as_ref(), name) {
+            (Some(url), "gateway") => {
+                let p = url.rsplit(':').next().unwrap_or_default();
+                config.replace(&format!("{{ADMIN_PORT_{p}}}"), p)
+            }
+            (Some(url), _) => {
+                let p = url.rsplit(':').next().unwrap_or_default();
+                let mine = self.instance_admin_port(name);
+                config.replace(&format!("{{ADMIN_PORT_{p}}}"), &mine.to_string())
+            }
+            _ => config,
+        };
         std::fs::write(&conf_path, config).expect("write config");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -402,6 +428,7 @@ store:
             .args(args)
             .env("KIOSK_SECRET", KIOSK_SECRET)
             .env("REDIS_PASSWORD", REDIS_PASSWORD)
+            .env("DEVICEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -436,6 +463,46 @@ store:
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The admin port of the instance `name` (not the first gateway): the first free port
+    /// found for it, written beside its configuration.
+    pub fn instance_admin_port(&self, name: &str) -> u16 {
+        let file = self.dir.path().join(format!("{name}.admin-port"));
+        if let Some(p) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.parse().ok())
+        {
+            return p;
+        }
+        let p = free_port();
+        std::fs::write(&file, p.to_string()).expect("write the admin port");
+        p
+    }
+
+    /// The configuration file the instance `name` was started with (`gateway` for the first).
+    pub fn config_path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{name}.yaml"))
+    }
+
+    /// Runs `devicegate --config <name's config> admin <args>`, with the environment the
+    /// gateways have: (success, stdout, stderr).
+    pub fn admin_cli(&self, name: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_devicegate"))
+            .arg("--config")
+            .arg(self.config_path(name))
+            .arg("admin")
+            .args(args)
+            .env("KIOSK_SECRET", KIOSK_SECRET)
+            .env("REDIS_PASSWORD", REDIS_PASSWORD)
+            .env("DEVICEGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("run devicegate admin");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// A second gateway instance on its own port, with the same configuration and store (as a

@@ -14,6 +14,7 @@ mod device_flow;
 mod hardening;
 mod interop;
 mod operations;
+mod operators;
 mod policy;
 mod redis_store;
 mod scripts;
