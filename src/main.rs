@@ -74,6 +74,21 @@ fn main() -> ExitCode {
              ({} wrong codes a minute × {} pending grants ÷ 20^8)",
             config.limits.code_failures_global_per_minute, config.store.max_pending
         );
+        match (config.admin_listen, &config.admin_token) {
+            (Some(addr), Some(_)) => println!("admin: {addr} (health, metrics and the admin API)"),
+            (Some(addr), None) => {
+                println!("admin: {addr} (health and metrics; the admin API is off: no admin.token)")
+            }
+            (None, _) => println!("admin: off (no admin.listen)"),
+        }
+        for (i, hook) in config.events.webhooks.iter().enumerate() {
+            println!(
+                "webhook {i}: {}{} gets {}",
+                hook.url.origin().ascii_serialization(),
+                hook.url.path(),
+                hook.events.join(", ")
+            );
+        }
         for client in config.clients.values() {
             let state = if client.enabled { "" } else { " (disabled)" };
             println!(

@@ -425,3 +425,69 @@ fn a_discovery_url_elsewhere_is_a_url_or_an_error_naming_its_key() {
         );
     }
 }
+
+#[test]
+fn admin_token_and_webhooks_are_checked_key_by_key() {
+    let e = |name: &str| match name {
+        "TV_APP_SECRET" => Some("s3cret".to_string()),
+        "SHORT" => Some("abc".to_string()),
+        "TOKEN" => Some("0123456789abcdef0123456789abcdef".to_string()),
+        "HOOK" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
+        _ => None,
+    };
+    let with = |extra: &str| {
+        let text = format!("{GOOD}{extra}");
+        match Config::from_yaml(&text, &e) {
+            Ok(c) => Ok(c),
+            Err(errs) => Err(errs.0.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+        }
+    };
+    let c = with(
+        "admin:\n  listen: 127.0.0.1:9100\n  token: ${TOKEN}\nevents:\n  webhooks:\n    - url: https://siem.example/h\n      secret: ${HOOK}\n      events: [grant.reported]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.admin_token.as_ref().map(Secret::expose),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(c.events.webhooks.len(), 1);
+    assert!(c.events.webhooks[0].wants("grant.reported"));
+    assert!(!c.events.webhooks[0].wants("grant.created"));
+    // Every event type when `events` is left out, and the defaults.
+    let c = with("events:\n  webhooks:\n    - url: http://127.0.0.1:9/h\n      secret: ${HOOK}\n")
+        .unwrap();
+    assert_eq!(c.events.webhooks[0].events, EVENT_TYPES);
+    assert_eq!((c.events.queue_size, c.events.max_attempts), (1000, 5));
+    // The secrets never appear in a message or in Debug.
+    assert!(!format!("{c:?}").contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+
+    let cases: &[(&str, &str)] = &[
+        ("admin:\n  listen: 127.0.0.1:9100\n  token: ${SHORT}\n", "admin.token: is shorter than 24"),
+        ("admin:\n  listen: 127.0.0.1:9100\n  token: ${MISSING}\n", "admin.token"),
+        ("events:\n  webhooks:\n    - url: ftp://x/h\n      secret: ${HOOK}\n", "events.webhooks[0].url: unsupported scheme 'ftp'"),
+        ("events:\n  webhooks:\n    - url: https://u:p@x.example/h\n      secret: ${HOOK}\n", "events.webhooks[0].url: must not carry credentials"),
+        ("events:\n  webhooks:\n    - url: https://x.example/h\n      secret: not base64!\n", "events.webhooks[0].secret: is not `whsec_`"),
+        ("events:\n  webhooks:\n    - url: https://x.example/h\n      secret: whsec_c2hvcnQ=\n", "events.webhooks[0].secret: decodes to 5 bytes"),
+        ("events:\n  webhooks:\n    - url: https://x.example/h\n      secret: ${HOOK}\n      events: [grant.stolen]\n", "events.webhooks[0].events: unknown event type 'grant.stolen'"),
+        ("events:\n  webhooks:\n    - url: https://x.example/h\n      secret: ${HOOK}\n      events: []\n", "events.webhooks[0].events: is empty"),
+        ("events:\n  webhooks:\n    - url: http://x.example/h\n      secret: ${HOOK}\n      ca_file: /etc/hosts\n", "events.webhooks[0].ca_file: is only used with an https:// url"),
+        ("events:\n  webhooks:\n    - url: https://x.example/h\n      secret: ${HOOK}\n      ca_file: /nonexistent.pem\n", "events.webhooks[0].ca_file: cannot read"),
+        ("events:\n  queue_size: 0\n", "events.queue_size: must be between"),
+        ("events:\n  max_attempts: 99\n", "events.max_attempts: must be between"),
+        ("events:\n  timeout_ms: 5\n", "events.timeout_ms: must be between"),
+        ("events:\n  webhook: []\n", "events"),
+    ];
+    for (extra, want) in cases {
+        let errs = with(extra).err().unwrap_or_default();
+        assert!(
+            errs.iter().any(|m| m.contains(want)),
+            "{extra}: want {want:?} in {errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .all(|m| !m.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                    && !m.contains("not base64!")),
+            "{errs:?}"
+        );
+    }
+}

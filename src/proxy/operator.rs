@@ -258,7 +258,7 @@ impl BackgroundService for Upkeep {
                 tracing::debug!(error = %e, "the client switch was not read again");
             }
             n += 1;
-            if n % every == 0 {
+            if n.is_multiple_of(every) {
                 if let Err(e) = self.0.sweep().await {
                     tracing::debug!(error = %e, "the store sweep did not finish");
                 }

@@ -460,6 +460,132 @@ async fn an_expired_grant_is_audited_when_its_device_learns_it() {
 }
 
 #[tokio::test]
+async fn an_expiry_is_reported_once_by_the_poll_or_the_sweep_whichever_is_first() {
+    let h = harness();
+    let (device_code, _) = h.authorize().await;
+    let (other, _) = h.authorize().await;
+    h.advance(601);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(events(&r), [Event::Expired]);
+    // The next poll still says expired_token, but reports nothing again.
+    h.advance(5);
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&r)["error"], "expired_token");
+    assert!(events(&r).is_empty(), "{:?}", events(&r));
+    // The sweep reports the one no device polled, once, and remembers both as ended.
+    let op = h.gw.operator();
+    op.sweep().await.unwrap();
+    op.sweep().await.unwrap();
+    let listed = op.grants(true).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|v| v.status == "expired"), "{listed:?}");
+    let stored = h.gw.device.store().list().await.unwrap();
+    assert!(stored.iter().all(|g| g.expiry_reported), "{stored:?}");
+    h.advance(5);
+    let r = h.poll("tv-app", &other).await;
+    assert_eq!(json(&r)["error"], "expired_token");
+    assert!(events(&r).is_empty(), "the sweep had reported it");
+}
+
+#[tokio::test]
+async fn an_operator_disables_a_client_at_run_time_and_enables_it_again() {
+    let h = harness();
+    let (device_code, _) = h.authorize().await;
+    let op = h.gw.operator();
+    assert_eq!(
+        op.set_enabled("tv-app", false, "10.0.0.1").await.unwrap(),
+        1
+    );
+    // Its grant is denied in the store, and the client is refused at both endpoints.
+    let g =
+        h.gw.device
+            .store()
+            .get(Key::DeviceCodeHash(&crate::device::code::hash_device_code(
+                &device_code,
+            )))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(g.denied_by.as_deref(), Some("operator"));
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(
+        (r.status, json(&r)["error"].clone()),
+        (401, "invalid_client".into())
+    );
+    let r = h
+        .send(
+            "POST",
+            "/device/code",
+            &[FORM],
+            "client_id=tv-app&scope=openid",
+        )
+        .await
+        .unwrap();
+    assert_eq!(json(&r)["error"], "invalid_client");
+    // A grant another instance made before it read the switch is denied by the sweep.
+    h.gw.switch.set("tv-app", true);
+    let (late, _) = h.authorize().await;
+    h.gw.switch.set("tv-app", false);
+    op.sweep().await.unwrap();
+    let hash = crate::device::code::hash_device_code(&late);
+    let g =
+        h.gw.device
+            .store()
+            .get(Key::DeviceCodeHash(&hash))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(matches!(g.status, Status::Denied { .. }), "{g:?}");
+    // The store holds the switch: refreshed from it, the instance agrees.
+    op.refresh().await.unwrap();
+    assert_eq!(h.gw.switch.operator("tv-app"), Some(false));
+    assert_eq!(op.set_enabled("tv-app", true, "10.0.0.1").await.unwrap(), 0);
+    let (_, _) = h.authorize().await;
+    let pending = op.pending_by_client().await.unwrap();
+    assert_eq!(pending.get("tv-app"), Some(&1));
+}
+
+#[tokio::test]
+async fn an_operator_denies_an_approved_grant_before_its_device_collects_the_tokens() {
+    let h = harness();
+    let (device_code, _) = h.authorize().await;
+    let hash = crate::device::code::hash_device_code(&device_code);
+    let store = h.gw.device.store();
+    let id = store
+        .get(Key::DeviceCodeHash(&hash))
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    store
+        .update(Key::Id(&id), &mut |g| {
+            g.status = Status::Approved {
+                tokens: TokenSet::new(),
+                approved_at: START.secs(),
+                subject: Some("alice".into()),
+            }
+        })
+        .await
+        .unwrap();
+    let op = h.gw.operator();
+    let view = op.deny(&id, "10.0.0.1").await.unwrap();
+    assert_eq!(
+        (view.status.as_str(), view.denied_by.as_deref()),
+        ("denied", Some("operator"))
+    );
+    let r = h.poll("tv-app", &device_code).await;
+    assert_eq!(json(&r)["error"], "access_denied");
+    assert!(matches!(
+        op.deny(&id, "10.0.0.1").await,
+        Err(operator::Refused::Ended(_))
+    ));
+    assert!(matches!(
+        op.deny("nope", "10.0.0.1").await,
+        Err(operator::Refused::Unknown)
+    ));
+}
+
+#[tokio::test]
 async fn a_device_gets_at_least_the_lifetime_it_was_told() {
     let h = harness_with(
         &CONFIG

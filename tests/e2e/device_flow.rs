@@ -643,7 +643,13 @@ fn check_flag_lists_every_error() {
         let mut cmd = std::process::Command::new(bin);
         cmd.args(["--check", "--config"]).arg(&path);
         for v in vars {
-            cmd.env(v, "example-secret");
+            // Values of the shapes their keys need.
+            let value = match v {
+                v if v.contains("WEBHOOK") => "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                v if v.ends_with("_TOKEN") => "example-token-0123456789abcdef",
+                _ => "example-secret",
+            };
+            cmd.env(v, value);
         }
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
