@@ -77,7 +77,7 @@ pub struct GrantView {
     pub id: String,
     pub client_id: String,
     /// `pending`, `authorizing`, `approved`, `delivered`, `denied` or `expired`.
-    pub status: String,
+    pub status: std::borrow::Cow<'static, str>,
     /// Unix seconds, as JWT claims count time.
     pub created_at: u64,
     pub expires_at: u64,
@@ -94,7 +94,7 @@ pub struct GrantView {
 impl GrantView {
     /// Whether the grant still waits for the user or the device.
     pub fn is_pending(&self) -> bool {
-        matches!(self.status.as_str(), "pending" | "authorizing" | "approved")
+        matches!(self.status.as_ref(), "pending" | "authorizing" | "approved")
     }
 }
 
@@ -167,13 +167,34 @@ impl Grant {
         }
     }
 
+    /// [`Grant::view`], taking the grant's own strings instead of copies.
+    pub fn into_view(self, now: u64) -> GrantView {
+        let status = self.status_name(now);
+        GrantView {
+            ended_at: match status {
+                "expired" => Some(self.expires_at),
+                _ => self.ended_at,
+            },
+            status: status.into(),
+            id: self.id,
+            client_id: self.client_id,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            device_address: self.requester_ip,
+            device_software: self.requester_software,
+            subject: self.subject,
+            scopes: self.scopes,
+            denied_by: self.denied_by,
+        }
+    }
+
     /// The operators' view of the grant at `now`.
     pub fn view(&self, now: u64) -> GrantView {
         let status = self.status_name(now);
         GrantView {
             id: self.id.clone(),
             client_id: self.client_id.clone(),
-            status: status.to_string(),
+            status: status.into(),
             created_at: self.created_at,
             expires_at: self.expires_at,
             device_address: self.requester_ip.clone(),

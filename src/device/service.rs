@@ -256,14 +256,15 @@ impl DeviceService {
         for _ in 0..8 {
             match self.store.insert(&grant).await {
                 Ok(()) => {
+                    let (id, user_code) = (grant.id.clone(), std::mem::take(&mut grant.user_code));
                     return Ok(Issued {
-                        view: grant.view(now.secs()),
-                        id: grant.id,
+                        view: grant.into_view(now.secs()),
+                        id,
                         device_code,
-                        user_code: grant.user_code,
+                        user_code,
                         expires_in: self.timing.expires_in,
                         interval: self.timing.interval,
-                    })
+                    });
                 }
                 Err(StoreError::UserCodeTaken) => grant.user_code = code::new_user_code(),
                 Err(e) => return Err(store_to_oauth(e)),
@@ -315,12 +316,14 @@ impl DeviceService {
                     _ => None,
                 };
                 let polled = g.poll(client_id, now);
+                let polled_ok = polled.is_ok();
                 // Set on every run of the closure: an optimistic store may run it again.
                 first_expiry = polled == Err(OAuthError::ExpiredToken) && g.report_expiry(now);
                 outcome = Some(polled);
                 interval = g.interval;
                 grant_id = Some(g.id.clone());
-                view = Some(g.view(now));
+                // Only for the events that carry it, once per grant: not for every pending poll.
+                view = (polled_ok || first_expiry).then(|| g.view(now));
             })
             .await;
         let result = match (found, outcome) {

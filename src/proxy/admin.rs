@@ -195,7 +195,11 @@ impl Admin {
                 let views: Vec<_> = views
                     .into_iter()
                     .filter(|v| client.as_ref().is_none_or(|c| *c == v.client_id))
-                    .filter(|v| statuses.as_ref().is_none_or(|s| s.contains(&v.status)))
+                    .filter(|v| {
+                        statuses
+                            .as_ref()
+                            .is_none_or(|s| s.iter().any(|x| *x == v.status))
+                    })
                     .collect();
                 Answer::json(200, &json!({ "grants": views }))
             }

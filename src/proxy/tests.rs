@@ -570,7 +570,7 @@ async fn an_operator_denies_an_approved_grant_before_its_device_collects_the_tok
     let op = h.gw.operator();
     let view = op.deny(&id, "10.0.0.1").await.unwrap();
     assert_eq!(
-        (view.status.as_str(), view.denied_by.as_deref()),
+        (view.status.as_ref(), view.denied_by.as_deref()),
         ("denied", Some("operator"))
     );
     let r = h.poll("tv-app", &device_code).await;

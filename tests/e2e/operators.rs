@@ -285,6 +285,9 @@ async fn phishing_wave_drill_on_two_instances() {
         "{data}"
     );
     let reported_id = s(&data["id"]).to_string();
+    println!(
+        "DRILL 1-2 reported on instance b; the receiver verified (standardwebhooks): {report}"
+    );
     assert_eq!(of_type(&events, "grant.created").len(), 5, "{events:#?}");
     assert!(!events
         .iter()
@@ -298,6 +301,7 @@ async fn phishing_wave_drill_on_two_instances() {
     assert!(ok, "{err}");
     let listed: Value = serde_json::from_str(&out).expect("the CLI prints JSON");
     let listed = listed["grants"].as_array().unwrap();
+    println!("DRILL 3 devicegate admin grants --client-id tv-app --status pending (instance b): {} grants, first {}", listed.len(), listed[0]);
     assert_eq!(listed.len(), 3, "{out}");
     assert!(listed
         .iter()
@@ -310,6 +314,10 @@ async fn phishing_wave_drill_on_two_instances() {
     let (ok, out, err) = env.admin_cli("gateway", &["disable", "tv-app"]);
     assert!(ok, "{err}");
     let disabled: Value = serde_json::from_str(&out).unwrap();
+    println!(
+        "DRILL 4 devicegate admin disable tv-app (instance a): {}",
+        disabled["client"]
+    );
     assert_eq!(disabled["client"]["enabled"], false, "{out}");
     assert_eq!(disabled["client"]["set_by"], "operator");
     assert_eq!(disabled["client"]["denied_grants"], 3, "{out}");
@@ -324,9 +332,15 @@ async fn phishing_wave_drill_on_two_instances() {
             match s(&body["error"]) {
                 "invalid_client" => {
                     assert_eq!(status, 401, "{body}");
+                    println!(
+                        "DRILL 5 instance {name}: poll {status} {body} after {:?}",
+                        start.elapsed()
+                    );
                     break;
                 }
-                "access_denied" => {}
+                "access_denied" => {
+                    println!("DRILL 5 instance {name}: poll {status} {body} (switch not read yet)")
+                }
                 other => panic!("{name}: a disabled client's poll got {status} {other}: {body}"),
             }
             assert!(
@@ -346,6 +360,7 @@ async fn phishing_wave_drill_on_two_instances() {
             (401, "invalid_client"),
             "{name}: {body}"
         );
+        println!("DRILL 5 instance {name}: new device authorization {status} {body}");
     }
     // The other client is untouched.
     let (status, body) = b.gate.poll("kiosk", s(&kiosk["device_code"])).await;
