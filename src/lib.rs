@@ -7,7 +7,8 @@
 //!   Pingora server.
 //! - [`proxy`]: the Pingora `ProxyHttp` glue: each request classified into one route, one
 //!   handler per endpoint returning a `Reply`, one writer, audit events and metrics derived
-//!   from the replies.
+//!   from the replies; the admin listener and API (`proxy::admin`) and the operators' actions
+//!   with the upkeep task of every instance (`proxy::operator`).
 //! - [`config`]: the YAML file and its validation into [`config::Config`], with each client's
 //!   phishing-defence policy ([`config::Policy`]).
 //! - [`clock`]: the injected clock (`Time` values), so tests fix the time.

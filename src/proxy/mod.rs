@@ -17,6 +17,9 @@
 //! - [`login`]: Approve → the IdP's login, and its callback.
 //! - [`qr`]: the QR code of a verification link.
 //!
+//! And on the admin listener: [`admin`] (health, metrics, the operators' API), over
+//! [`operator`] (deny, the run-time client switch, the upkeep sweep every instance runs).
+//!
 //! Shared by them: [`auth`] (client authentication) and [`browser`] (cookies, CSRF, login
 //! bindings). Handlers never panic and never answer 5xx for bad input: API endpoints answer
 //! RFC 6749 JSON errors, browser endpoints readable pages.

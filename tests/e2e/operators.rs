@@ -142,6 +142,32 @@ async fn admin(
     (status, auth, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A device authorization request of the public client `tv-app`.
+async fn tv_device_request(gate: &Gate) -> (u16, reqwest::header::HeaderMap, Value) {
+    gate.post_form(
+        "/device/code",
+        &[("client_id", "tv-app"), ("scope", "openid")],
+    )
+    .await
+}
+
+/// Waits (at most 30 s, a guard against a hang) until the metrics have a line starting with
+/// `series`.
+async fn wait_for_series(env: &Env, series: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let m = env.metrics().await;
+        if m.lines().any(|l| l.starts_with(series)) {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {series} in {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn bearer() -> String {
     format!("Bearer {ADMIN_TOKEN}")
 }
@@ -349,12 +375,7 @@ async fn phishing_wave_drill_on_two_instances() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (status, _, body) = gate
-            .post_form(
-                "/device/code",
-                &[("client_id", "tv-app"), ("scope", "openid")],
-            )
-            .await;
+        let (status, _, body) = tv_device_request(gate).await;
         assert_eq!(
             (status, s(&body["error"])),
             (401, "invalid_client"),
@@ -383,12 +404,7 @@ async fn phishing_wave_drill_on_two_instances() {
 
     // The switch is in Redis: a restarted instance still refuses the client.
     env.restart_gateway();
-    let (status, _, body) = env
-        .post_form(
-            "/device/code",
-            &[("client_id", "tv-app"), ("scope", "openid")],
-        )
-        .await;
+    let (status, _, body) = tv_device_request(&env.gate).await;
     assert_eq!(
         (status, s(&body["error"])),
         (401, "invalid_client"),
@@ -415,12 +431,7 @@ async fn phishing_wave_drill_on_two_instances() {
     assert!(ok, "{err}");
     let start = Instant::now();
     loop {
-        let (status, _, _) = env
-            .post_form(
-                "/device/code",
-                &[("client_id", "tv-app"), ("scope", "openid")],
-            )
-            .await;
+        let (status, _, _) = tv_device_request(&env.gate).await;
         if status == 200 {
             break;
         }
@@ -557,18 +568,12 @@ async fn slow_and_dead_receivers_never_delay_requests() {
         "{events:#?}"
     );
     // The dead receiver's events fail once their two attempts have.
-    let start = Instant::now();
-    loop {
-        let m = env.metrics().await;
-        if m.contains("devicegate_webhook_events_total{outcome=\"failed\",webhook=\"1\"}") {
-            assert!(
-                m.contains("devicegate_webhook_events_total{outcome=\"retried\",webhook=\"1\"}")
-            );
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{m}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let m = wait_for_series(
+        &env,
+        "devicegate_webhook_events_total{outcome=\"failed\",webhook=\"1\"}",
+    )
+    .await;
+    assert!(m.contains("devicegate_webhook_events_total{outcome=\"retried\",webhook=\"1\"}"));
     assert!(env.gateway_log().contains("webhook event not delivered"));
 }
 
@@ -598,14 +603,10 @@ async fn https_receivers_are_verified_against_the_configured_ca() {
     env.authorize("tv-app", "openid").await;
     let events = trusted.wait_until("grant.created", |e| e.len() == 1).await;
     assert_eq!(events[0]["verified"], true);
-    let start = Instant::now();
-    loop {
-        let m = env.metrics().await;
-        if m.contains("devicegate_webhook_events_total{outcome=\"failed\",webhook=\"1\"} 1") {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_series(
+        &env,
+        "devicegate_webhook_events_total{outcome=\"failed\",webhook=\"1\"} 1",
+    )
+    .await;
     assert!(untrusted.events().is_empty());
 }
