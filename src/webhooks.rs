@@ -63,6 +63,8 @@ struct Receiver {
     /// The receiver's position in `events.webhooks`, its metric label.
     label: String,
     hook: Webhook,
+    /// The HMAC key, decoded once.
+    key: Vec<u8>,
     queue: mpsc::Sender<Arc<Signed>>,
     /// Events dropped since the last log line about drops.
     dropped: AtomicU64,
@@ -127,6 +129,8 @@ impl Outbox {
             workers.push((worker, rx));
             receivers.push(Receiver {
                 label: i.to_string(),
+                // Checked at load time (config::events): valid base64 of 24 to 64 bytes.
+                key: STANDARD.decode(hook.key.expose()).unwrap_or_default(),
                 hook: hook.clone(),
                 queue: tx,
                 dropped: AtomicU64::new(0),
@@ -186,7 +190,7 @@ impl Outbox {
             let body = body_text.get_or_insert_with(|| body(kind, now, data));
             let id = message_id();
             let signed = Signed {
-                signature: sign(&decoded_key(&r.hook), &id, now, body),
+                signature: sign(&r.key, &id, now, body),
                 id,
                 timestamp: now,
                 body: body.clone(),
@@ -212,11 +216,6 @@ impl Outbox {
             }
         }
     }
-}
-
-fn decoded_key(hook: &Webhook) -> Vec<u8> {
-    // Checked at load time (config::events): valid base64 of 24 to 64 bytes.
-    STANDARD.decode(hook.key.expose()).unwrap_or_default()
 }
 
 /// `msg_` and 16 random bytes, as Standard Webhooks ids look.
