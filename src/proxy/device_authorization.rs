@@ -173,7 +173,7 @@ impl Gateway {
             })
             .fact(Fact::Audit(
                 Audit::grant(Event::Created, &issued.id, &client.client_id)
-                    .with_view(Some(issued.view.clone())),
+                    .with_view(Some(issued.view)),
             ))
     }
 
