@@ -980,6 +980,19 @@ impl Gate {
     }
 }
 
+/// Approves `user_code` as `bob` in headless Chromium starting at `gate`'s verification page.
+pub async fn approve_in_browser(gate: &Gate, name: &str, user_code: &str) {
+    let report = browser(json!({
+        "name": name,
+        "url": format!("{}/device", gate.url),
+        "user_code": user_code,
+        "action": "approve",
+        "username": "bob",
+    }))
+    .await;
+    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
+}
+
 /// A real `redis-server` on a free loopback port, with a password and no persistence.
 pub struct Redis {
     pub port: u16,

@@ -610,3 +610,105 @@ async fn https_receivers_are_verified_against_the_configured_ca() {
     .await;
     assert!(untrusted.events().is_empty());
 }
+
+/// Every kind of event a flow makes reaches a real receiver, signed: created, approved (with
+/// the subject) and delivered for a flow approved in Chromium; policy.refused for a device
+/// outside the client's networks; limit.tripped once for a flood from another address; and
+/// grant.expired, once, for a grant no device polled after it expired (the sweep reports it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_type_reaches_the_receiver_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path(), "all", "ok", None);
+    std::env::set_var("WEBHOOK_SECRET", SECRET);
+    let env = Env::start(Options {
+        admin: true,
+        events: Some(events_section(&[(&receiver.url, None)], "")),
+        kiosk_policy: Some("device_networks: [10.0.0.0/8]".into()),
+        limits: Some("  device_requests_per_ip_per_minute: 3\n".into()),
+        ..Options::default()
+    })
+    .await;
+    let issued = env.authorize("tv-app", "openid").await;
+    approve_in_browser(&env.gate, "webhook-events", s(&issued["user_code"])).await;
+    let (status, body) = env.poll("tv-app", s(&issued["device_code"])).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = env
+        .post_form(
+            "/device/code",
+            &[("client_id", "kiosk"), ("client_secret", KIOSK_SECRET)],
+        )
+        .await;
+    assert_eq!(
+        (status, s(&body["error"])),
+        (400, "unauthorized_client"),
+        "{body}"
+    );
+    let flood = client_from("127.0.0.2");
+    let mut limited = 0;
+    for _ in 0..8 {
+        if device_request(&flood, &env.url, None).await.0 == 429 {
+            limited += 1;
+        }
+    }
+    assert_eq!(limited, 5);
+    let events = receiver
+        .wait_until("every event of the flow", |e| {
+            [
+                "grant.approved",
+                "grant.delivered",
+                "policy.refused",
+                "limit.tripped",
+            ]
+            .iter()
+            .all(|t| !of_type(e, t).is_empty())
+        })
+        .await;
+    assert!(events.iter().all(|e| e["verified"] == true), "{events:#?}");
+    let approved = of_type(&events, "grant.approved")[0];
+    assert_eq!(approved["data"]["subject"], "bob", "{approved}");
+    assert_eq!(approved["data"]["status"], "approved");
+    let delivered = of_type(&events, "grant.delivered")[0];
+    assert_eq!(delivered["data"]["status"], "delivered");
+    assert!(
+        !delivered.to_string().contains("access_token"),
+        "{delivered}"
+    );
+    let refused = of_type(&events, "policy.refused")[0];
+    assert_eq!(
+        (
+            s(&refused["data"]["client_id"]),
+            s(&refused["data"]["rule"])
+        ),
+        ("kiosk", "device_networks"),
+        "{refused}"
+    );
+    // Five refusals, one alert (the counts are in the metrics).
+    let tripped = of_type(&events, "limit.tripped");
+    assert_eq!(tripped.len(), 1, "{tripped:?}");
+    assert_eq!(
+        (
+            s(&tripped[0]["data"]["limit"]),
+            s(&tripped[0]["data"]["client_ip"])
+        ),
+        ("device", "127.0.0.2")
+    );
+
+    // A grant that expires unpolled is reported by the sweep, once.
+    let short = Env::start(Options {
+        expires_in: 2,
+        events: Some(events_section(&[(&receiver.url, None)], "")),
+        ..Options::default()
+    })
+    .await;
+    let lapsing = short.authorize("tv-app", "openid").await;
+    let events = receiver
+        .wait_until("grant.expired", |e| !of_type(e, "grant.expired").is_empty())
+        .await;
+    let expired = of_type(&events, "grant.expired");
+    assert_eq!(expired[0]["data"]["status"], "expired");
+    // Its device learns it at its next poll, and nothing is reported again.
+    let (_, body) = short.poll("tv-app", s(&lapsing["device_code"])).await;
+    assert_eq!(body["error"], "expired_token");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(of_type(&receiver.events(), "grant.expired").len(), 1);
+}

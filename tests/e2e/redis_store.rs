@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::common::{browser, s, Env, Gate, Options, REDIS_PASSWORD};
+use crate::common::{approve_in_browser, s, Env, Gate, Options, REDIS_PASSWORD};
 
 fn redis_env(interval: u64) -> Options {
     Options {
@@ -14,19 +14,6 @@ fn redis_env(interval: u64) -> Options {
         interval,
         ..Options::default()
     }
-}
-
-/// Approves `user_code` in headless Chromium starting at `gate`'s verification page.
-async fn approve_in_browser(gate: &Gate, name: &str, user_code: &str) {
-    let report = browser(json!({
-        "name": name,
-        "url": format!("{}/device", gate.url),
-        "user_code": user_code,
-        "action": "approve",
-        "username": "bob",
-    }))
-    .await;
-    assert_eq!(s(&report["title"]), "You're signed in", "{report}");
 }
 
 /// Retries `poll` for a few seconds while the gateway still answers 503 (store reconnecting).
