@@ -168,6 +168,17 @@ async fn wait_for_series(env: &Env, series: &str) -> String {
     }
 }
 
+/// A gateway with the admin listener and API, and the listener's URL.
+async fn with_admin() -> (Env, String) {
+    let env = Env::start(Options {
+        admin: true,
+        ..Options::default()
+    })
+    .await;
+    let base = env.admin_url.clone().expect("the admin listener");
+    (env, base)
+}
+
 fn bearer() -> String {
     format!("Bearer {ADMIN_TOKEN}")
 }
@@ -176,12 +187,7 @@ fn bearer() -> String {
 /// `WWW-Authenticate`, and nothing done; the health and metrics endpoints stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_needs_the_admin_token() {
-    let env = Env::start(Options {
-        admin: true,
-        ..Options::default()
-    })
-    .await;
-    let base = env.admin_url.clone().unwrap();
+    let (env, base) = with_admin().await;
     let issued = env.authorize("tv-app", "openid").await;
     let same_length = format!("Bearer {}", "x".repeat(ADMIN_TOKEN.len()));
     let basic = format!("Basic {ADMIN_TOKEN}");
@@ -454,12 +460,7 @@ async fn phishing_wave_drill_on_two_instances() {
 /// `by=operator`; a second deny is a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_denies_one_grant() {
-    let env = Env::start(Options {
-        admin: true,
-        ..Options::default()
-    })
-    .await;
-    let base = env.admin_url.clone().unwrap();
+    let (env, base) = with_admin().await;
     let issued = env.authorize("tv-app", "openid").await;
     let (_, _, list) = admin(&base, "GET", "/grants", Some(&bearer())).await;
     let id = s(&list["grants"][0]["id"]).to_string();
