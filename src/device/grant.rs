@@ -94,8 +94,13 @@ pub struct GrantView {
 impl GrantView {
     /// Whether the grant still waits for the user or the device.
     pub fn is_pending(&self) -> bool {
-        matches!(self.status.as_ref(), "pending" | "authorizing" | "approved")
+        is_pending_status(&self.status)
     }
+}
+
+/// The statuses of a grant that still waits for the user or the device.
+fn is_pending_status(status: &str) -> bool {
+    matches!(status, "pending" | "authorizing" | "approved")
 }
 
 /// Where a grant stands.
@@ -167,25 +172,10 @@ impl Grant {
         }
     }
 
-    /// [`Grant::view`], taking the grant's own strings instead of copies.
-    pub fn into_view(self, now: u64) -> GrantView {
-        let status = self.status_name(now);
-        GrantView {
-            ended_at: match status {
-                "expired" => Some(self.expires_at),
-                _ => self.ended_at,
-            },
-            status: status.into(),
-            id: self.id,
-            client_id: self.client_id,
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            device_address: self.requester_ip,
-            device_software: self.requester_software,
-            subject: self.subject,
-            scopes: self.scopes,
-            denied_by: self.denied_by,
-        }
+    /// Whether the grant still waits for the user or the device at `now` (not ended, not
+    /// expired).
+    pub fn is_pending(&self, now: u64) -> bool {
+        is_pending_status(self.status_name(now))
     }
 
     /// The operators' view of the grant at `now`.
@@ -211,11 +201,7 @@ impl Grant {
 
     /// The first look at this grant since it expired: marks it reported and says so once.
     pub fn report_expiry(&mut self, now: u64) -> bool {
-        let live = matches!(
-            self.status,
-            Status::Pending | Status::Authorizing(_) | Status::Approved { .. }
-        );
-        if live && self.is_expired(now) && !self.expiry_reported {
+        if self.status_name(now) == "expired" && !self.expiry_reported {
             self.expiry_reported = true;
             return true;
         }

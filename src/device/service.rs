@@ -256,12 +256,11 @@ impl DeviceService {
         for _ in 0..8 {
             match self.store.insert(&grant).await {
                 Ok(()) => {
-                    let (id, user_code) = (grant.id.clone(), std::mem::take(&mut grant.user_code));
                     return Ok(Issued {
-                        view: grant.into_view(now.secs()),
-                        id,
+                        view: grant.view(now.secs()),
+                        id: grant.id,
                         device_code,
-                        user_code,
+                        user_code: grant.user_code,
                         expires_in: self.timing.expires_in,
                         interval: self.timing.interval,
                     });

@@ -140,7 +140,8 @@ pub fn authenticate<'c>(
         }
     }
     if !switch.enabled(client) {
-        // The kill switch (the configuration's, or an operator's at run time): no new grants, and no delivery of tokens approved before it was set.
+        // The kill switch (the configuration's, or an operator's at run time): no new grants,
+        // and no delivery of tokens approved before it was set.
         return Err(OAuthError::InvalidClient("this client is disabled".into()));
     }
     Ok(client)

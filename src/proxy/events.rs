@@ -298,6 +298,8 @@ pub fn webhook_data(a: &Audit, client_ip: &str) -> Value {
 pub const LIMIT_EVENT_EVERY: u64 = 60;
 
 fn webhooks(outbox: &Outbox, a: &Audit, client_ip: &str, now: u64) {
+    // Made once, for the first type a receiver wants (a report is sent as two).
+    let mut data = None;
     for kind in webhook_types(a.event) {
         if !outbox.wants(kind) {
             continue;
@@ -307,7 +309,8 @@ fn webhooks(outbox: &Outbox, a: &Audit, client_ip: &str, now: u64) {
                 continue;
             }
         }
-        outbox.send(kind, &webhook_data(a, client_ip), now);
+        let data = data.get_or_insert_with(|| webhook_data(a, client_ip));
+        outbox.send(kind, data, now);
     }
 }
 

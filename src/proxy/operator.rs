@@ -152,7 +152,7 @@ impl Operator {
         let now = self.now();
         let mut denied = 0;
         for g in self.device.store().list().await? {
-            if g.client_id != client_id || !g.view(now).is_pending() {
+            if g.client_id != client_id || !g.is_pending(now) {
                 continue;
             }
             match self.deny(&g.id, caller).await {
@@ -172,7 +172,7 @@ impl Operator {
         let now = self.now();
         let mut counts = std::collections::HashMap::new();
         for g in self.device.store().list().await? {
-            if g.view(now).is_pending() {
+            if g.is_pending(now) {
                 *counts.entry(g.client_id).or_insert(0) += 1;
             }
         }
@@ -191,14 +191,13 @@ impl Operator {
         let now = self.now();
         let store = self.device.store();
         for g in store.list().await? {
-            let view = g.view(now);
-            if view.status == "expired" && !g.expiry_reported {
+            if g.status_name(now) == "expired" && !g.expiry_reported {
                 // Once, by whichever instance (or poll) gets there first.
                 if let Some(g) = self.device.report_expiry(&g.id, now).await? {
                     self.record(Audit::of(Event::Expired, &g), "");
                 }
             }
-            if view.is_pending() {
+            if g.is_pending(now) {
                 let disabled = self
                     .client(&g.client_id)
                     .is_some_and(|c| !self.switch.enabled(c));
@@ -213,7 +212,7 @@ impl Operator {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(g.id.clone());
             if first {
-                if let Err(e) = store.remember(&view, now).await {
+                if let Err(e) = store.remember(&g.view(now), now).await {
                     self.forget(&g.id);
                     return Err(e);
                 }

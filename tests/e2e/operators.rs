@@ -464,13 +464,11 @@ async fn an_operator_denies_one_grant() {
     let issued = env.authorize("tv-app", "openid").await;
     let (_, _, list) = admin(&base, "GET", "/grants", Some(&bearer())).await;
     let id = s(&list["grants"][0]["id"]).to_string();
-    let (status, _, body) = admin(
-        &base,
-        "POST",
-        &format!("/grants/{id}/deny"),
-        Some(&bearer()),
-    )
-    .await;
+    let deny = || async {
+        let path = format!("/grants/{id}/deny");
+        admin(&base, "POST", &path, Some(&bearer())).await
+    };
+    let (status, _, body) = deny().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (s(&body["grant"]["status"]), s(&body["grant"]["denied_by"])),
@@ -482,13 +480,7 @@ async fn an_operator_denies_one_grant() {
         (400, "access_denied"),
         "{body}"
     );
-    let (status, _, body) = admin(
-        &base,
-        "POST",
-        &format!("/grants/{id}/deny"),
-        Some(&bearer()),
-    )
-    .await;
+    let (status, _, body) = deny().await;
     assert_eq!(status, 409, "{body}");
     let log = env.gateway_log();
     let line = log
