@@ -83,7 +83,18 @@ impl Default for FileStore {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileRedis {
+    /// `standalone`, `sentinel` or `cluster`.
+    #[serde(default = "default_redis_mode")]
+    pub(super) mode: String,
     pub(super) url: String,
+    /// Cluster: more seed nodes (`host:port`), reached like `url`.
+    #[serde(default)]
+    pub(super) nodes: Vec<String>,
+    /// Sentinel: the sentinels' `host:port`.
+    #[serde(default)]
+    pub(super) sentinels: Vec<String>,
+    pub(super) sentinel_username: Option<String>,
+    pub(super) sentinel_password: Option<String>,
     #[serde(default = "default_key_prefix")]
     pub(super) key_prefix: String,
     #[serde(default = "default_pool_size")]
@@ -91,6 +102,10 @@ pub(super) struct FileRedis {
     #[serde(default = "default_command_timeout_ms")]
     pub(super) command_timeout_ms: u64,
     pub(super) ca_file: Option<String>,
+}
+
+pub(super) fn default_redis_mode() -> String {
+    "standalone".into()
 }
 
 pub(super) fn default_key_prefix() -> String {

@@ -173,10 +173,30 @@ pub enum Backend {
     Redis(Redis),
 }
 
+/// How the gateway finds its Redis primaries (`store.redis.mode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server, at `url`.
+    Standalone,
+    /// The primary that these sentinels name `master_name`, followed across failovers.
+    Sentinel {
+        master_name: String,
+        sentinels: Vec<(String, u16)>,
+        /// Credentials of the sentinels themselves (often none, or not the data nodes' ones).
+        username: Option<String>,
+        password: Option<Secret>,
+    },
+    /// A Redis or Valkey Cluster, found from `url`'s node and these further seed nodes.
+    Cluster { nodes: Vec<(String, u16)> },
+}
+
 /// Where the shared Redis store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redis {
+    pub mode: RedisMode,
     /// `redis://`, `rediss://` (TLS) or `unix://` URL; may hold a password, so it is a secret.
+    /// With Sentinel its host is the master name; with Cluster it is one seed node. Its scheme,
+    /// user name, password and database apply to every data node.
     pub url: Secret,
     /// Prepended to every key, so several deployments can share one Redis.
     pub key_prefix: String,
@@ -186,6 +206,50 @@ pub struct Redis {
     pub command_timeout: Duration,
     /// PEM certificates to trust for `rediss://` instead of the system and Mozilla roots.
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Backend {
+    /// One line for `--check`: which store, and how it is reached (no secrets).
+    pub fn describe(&self) -> String {
+        let Backend::Redis(r) = self else {
+            return "memory (this process only)".into();
+        };
+        let tls = if r.url.expose().starts_with("rediss://") {
+            ", TLS"
+        } else {
+            ""
+        };
+        match &r.mode {
+            RedisMode::Standalone => format!("redis standalone{tls}"),
+            RedisMode::Sentinel {
+                master_name,
+                sentinels,
+                ..
+            } => format!(
+                "redis sentinel{tls}: primary '{master_name}' as named by {} sentinel(s) ({})",
+                sentinels.len(),
+                join_nodes(sentinels)
+            ),
+            RedisMode::Cluster { nodes } => format!(
+                "redis cluster{tls}: seed nodes {}{}",
+                url_node(r.url.expose()).map_or(String::new(), |n| format!("{n} ")),
+                join_nodes(nodes)
+            ),
+        }
+    }
+}
+
+fn join_nodes(nodes: &[(String, u16)]) -> String {
+    nodes
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn url_node(url: &str) -> Option<String> {
+    let u = Url::parse(url).ok()?;
+    Some(format!("{}:{}", u.host_str()?, u.port().unwrap_or(6379)))
 }
 
 #[derive(Debug, Clone)]

@@ -231,28 +231,16 @@ pub(super) fn validate_store(errs: &mut Errors, s: FileStore) -> Option<StoreCon
 
 pub(super) fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
     let before = errs.0.len();
-    // The URL may carry a password: errors describe it but never repeat it.
     let tls = r.url.starts_with("rediss://");
-    match Url::parse(&r.url) {
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_none() => {
-            errs.push("store.redis.url", "has no host");
+    let mode = validate_redis_mode(errs, &r);
+    if let Some(RedisMode::Cluster { .. }) = &mode {
+        if r.key_prefix.contains(['{', '}']) {
+            errs.push(
+                "store.redis.key_prefix",
+                "must not hold `{` or `}` with mode: cluster: a hash tag in the prefix would put \
+                 every key in one slot, on one node",
+            );
         }
-        Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix" | "redis+unix") => {
-            if redis::Client::open(r.url.as_str()).is_err() {
-                errs.push(
-                    "store.redis.url",
-                    "is not a valid Redis URL (expected redis://[:password@]host[:port][/db])",
-                );
-            }
-        }
-        Ok(u) => errs.push(
-            "store.redis.url",
-            format!(
-                "unsupported scheme '{}', expected redis://, rediss:// (TLS) or unix://",
-                u.scheme()
-            ),
-        ),
-        Err(e) => errs.push("store.redis.url", format!("not a URL: {e}")),
     }
     if r.key_prefix.is_empty() || r.key_prefix.chars().any(char::is_whitespace) {
         errs.push(
@@ -280,6 +268,7 @@ pub(super) fn validate_redis(errs: &mut Errors, r: FileRedis) -> Option<Redis> {
         None => None,
     };
     (errs.0.len() == before).then(|| Redis {
+        mode: mode.unwrap_or(RedisMode::Standalone),
         url: Secret::new(r.url),
         key_prefix: r.key_prefix,
         pool_size: r.pool_size,
@@ -334,6 +323,125 @@ pub(super) fn validate_limits(errs: &mut Errors, l: Limits) -> Option<Limits> {
 
 /// Reads a PEM file holding at least one `-----BEGIN {label}` block (a label ending in it, such
 /// as `PRIVATE KEY` for `RSA PRIVATE KEY`, counts).
+/// `store.redis.mode` with `url` and the keys that go with the mode. The URL may carry a
+/// password: errors describe it but never repeat it.
+fn validate_redis_mode(errs: &mut Errors, r: &FileRedis) -> Option<RedisMode> {
+    let url = match Url::parse(&r.url) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push("store.redis.url", format!("not a URL: {e}"));
+            return None;
+        }
+    };
+    let scheme = url.scheme();
+    let network = matches!(scheme, "redis" | "rediss");
+    let only = |errs: &mut Errors, key: &str, set: bool, mode: &str| {
+        if set {
+            errs.push(key, format!("is only used with `mode: {mode}`"));
+        }
+    };
+    let sentinel_keys =
+        !r.sentinels.is_empty() || r.sentinel_username.is_some() || r.sentinel_password.is_some();
+    match r.mode.as_str() {
+        "standalone" => {
+            only(errs, "store.redis.nodes", !r.nodes.is_empty(), "cluster");
+            only(errs, "store.redis.sentinels", sentinel_keys, "sentinel");
+            if network && url.host_str().is_none() {
+                errs.push("store.redis.url", "has no host");
+            } else if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+                errs.push(
+                    "store.redis.url",
+                    format!(
+                        "unsupported scheme '{scheme}', expected redis://, rediss:// (TLS) or unix://"
+                    ),
+                );
+            } else if redis::Client::open(r.url.as_str()).is_err() {
+                errs.push(
+                    "store.redis.url",
+                    "is not a valid Redis URL (expected redis://[user:password@]host[:port][/db])",
+                );
+            }
+            Some(RedisMode::Standalone)
+        }
+        "sentinel" => {
+            only(errs, "store.redis.nodes", !r.nodes.is_empty(), "cluster");
+            let master = url.host_str().unwrap_or_default().to_string();
+            if !network || master.is_empty() || url.port().is_some() {
+                errs.push(
+                    "store.redis.url",
+                    "with `mode: sentinel` names the primary by its master name, and the \
+                     sentinels say where it is: redis[s]://[user:password@]<master name>[/db], \
+                     without a port",
+                );
+            }
+            if r.sentinels.is_empty() {
+                errs.push(
+                    "store.redis.sentinels",
+                    "is required with `mode: sentinel`: the sentinels' host:port (three or more, \
+                     so that a majority is left when one fails)",
+                );
+            }
+            let sentinels = nodes(errs, "store.redis.sentinels", &r.sentinels, 26379);
+            Some(RedisMode::Sentinel {
+                master_name: master,
+                sentinels,
+                username: r.sentinel_username.clone(),
+                password: r.sentinel_password.clone().map(Secret::new),
+            })
+        }
+        "cluster" => {
+            only(errs, "store.redis.sentinels", sentinel_keys, "sentinel");
+            if !network || url.host_str().is_none() {
+                errs.push(
+                    "store.redis.url",
+                    "with `mode: cluster` is one node of the cluster: \
+                     redis[s]://[user:password@]host:port",
+                );
+            } else if !matches!(url.path(), "" | "/" | "/0") {
+                errs.push(
+                    "store.redis.url",
+                    "selects a database, but a Redis Cluster has only database 0",
+                );
+            }
+            let nodes = nodes(errs, "store.redis.nodes", &r.nodes, 6379);
+            Some(RedisMode::Cluster { nodes })
+        }
+        other => {
+            errs.push(
+                "store.redis.mode",
+                format!("unknown mode '{other}', expected: standalone, sentinel or cluster"),
+            );
+            None
+        }
+    }
+}
+
+/// `host:port` addresses (a bare host gets `default_port`).
+fn nodes(errs: &mut Errors, key: &str, list: &[String], default_port: u16) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let parsed = Url::parse(&format!("redis://{entry}"))
+            .ok()
+            .filter(|u| {
+                u.username().is_empty() && u.password().is_none() && matches!(u.path(), "" | "/")
+            })
+            .and_then(|u| {
+                let host = u.host_str()?.trim_matches(['[', ']']).to_string();
+                Some((host, u.port().unwrap_or(default_port)))
+            });
+        match parsed {
+            Some(node) => out.push(node),
+            // Not repeated: a misplaced `user:password@` would be echoed.
+            None => errs.push(
+                &format!("{key}[{i}]"),
+                "is not host:port (credentials belong in store.redis.url, or for sentinels in \
+                 sentinel_username and sentinel_password)",
+            ),
+        }
+    }
+    out
+}
+
 pub(super) fn read_pem(path: &str, label: &str) -> Result<Vec<u8>, String> {
     let pem = read_small_file(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let text = String::from_utf8_lossy(&pem);

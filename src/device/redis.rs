@@ -1,72 +1,120 @@
 //! The shared store: grants in Redis, so several gateway instances serve one device flow and a
-//! restart forgets nothing.
+//! restart forgets nothing. One server, a Sentinel-watched primary, or a Redis/Valkey Cluster
+//! (`store.redis.mode`); the keys are the same in all three.
 //!
 //! Keys (each behind `store.redis.key_prefix`, `devicegate:` by default):
 //!
 //! | key                    | value                                   | expires                    |
 //! |------------------------|-----------------------------------------|----------------------------|
-//! | `grant:{id}`           | the grant as JSON                       | grant lifetime + grace     |
-//! | `dc:{sha256(device)}`  | grant id (the device code is never kept) | same                       |
-//! | `uc:{user code}`       | grant id                                | same                       |
-//! | `live`                 | sorted set: grant id → when it leaves (ms) | with its last member     |
+//! | `grant:{sha256(device)}` | the grant as JSON (the device code is never kept) | grant lifetime + grace |
+//! | `uc:{user code}`       | the grant's device-code hash            | same                       |
+//! | `id:{id}`              | the grant's device-code hash            | same                       |
+//! | `live`                 | sorted set: device-code hash → when it leaves (ms) | with its last member |
 //! | `secret`               | the browser secret shared by instances  | never                      |
 //! | `limit:{key}`          | events spent in a limit's window        | when the window ends       |
 //! | `slots:{key}`          | sorted set: member → until when (s)     | with its last slot         |
-//! | `ended`                | sorted set: ended grant id → when written (s) | trimmed to an hour   |
-//! | `ended:{id}`           | an ended grant's operator view as JSON  | an hour                    |
+//! | `{ended}`              | sorted set: ended grant id → when written (s) | trimmed to an hour   |
+//! | `{ended}:{id}`         | an ended grant's operator view as JSON  | an hour                    |
 //! | `clients`              | hash: client id → `1`/`0`, the operators' kill switch | never        |
 //!
-//! Atomicity. `insert` is one Lua script: capacity check, user-code claim and the writes happen
-//! together. `update` is optimistic: read the grant, apply the change in Rust, and write it back
-//! with a compare-and-set script that succeeds only while Redis still holds exactly what was
-//! read; a lost race re-reads and re-applies. So when two instances answer polls for the same
-//! approved grant at the same instant, only one of them sees `Approved` and writes `Delivered`.
+//! A grant lives under the hash of its device code, so a poll, the hot path, is one `GET` and
+//! one compare-and-set in every mode. The user-code and id indexes point at that hash.
+//!
+//! Atomicity. `update` is optimistic: read the grant, apply the change in Rust, and write it
+//! back with a compare-and-set script that succeeds only while Redis still holds exactly what
+//! was read; a lost race re-reads and re-applies. So when two instances answer polls for the
+//! same approved grant at the same instant, only one of them sees `Approved` and writes
+//! `Delivered`. With one primary (standalone, sentinel), `insert` is one Lua script: capacity
+//! check, user-code claim and the writes happen together, and an index lookup follows its
+//! pointer in the same script.
+//!
+//! Cluster. No script touches two slots: the grant, its two indexes and `live` hash to
+//! different slots, so the load spreads over every primary, and only the ended list, written
+//! once per grant by the sweep, shares one slot through its `{ended}` hash tag. `insert` then
+//! takes steps, each atomic on its own node: reserve a place in `live` (the capacity check),
+//! claim the user code (`SET NX`), then write the grant and its id index. A refused claim gives
+//! the place back. A step that fails leaves only keys that expire with the grant and that no
+//! device ever learned (the device was answered 503); a reserved place is never under-counted,
+//! so `store.max_pending` still bounds what is stored, and a lost step at worst holds a place
+//! until its grant would have expired. An index lookup is two reads there. `secret`, each
+//! `limit:` counter, each `slots:` set and `clients` are single keys, each exact on the one
+//! node that owns it.
+//!
 //! The clock for capacity is Redis's own `TIME`, the one clock all instances share.
 //!
 //! Failing closed. Every operation, connecting included, is bounded by
 //! `store.redis.command_timeout_ms`; past it, or when Redis refuses the connection, the store
 //! answers [`StoreError::Unavailable`], which devices see as 503 `temporarily_unavailable`.
-//! Connections are opened lazily and re-opened by the connection managers once Redis is back.
+//! Connections are re-opened by themselves once Redis is back. With Sentinel, a failed
+//! operation makes the next one ask the sentinels which server is the primary now, and every
+//! second the store asks in the background too, so a promoted replica is followed within
+//! about a second of the sentinels' agreeing on it. A Cluster connection follows `MOVED` and
+//! `ASK` redirections and refreshes its slot map by itself.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use futures_util::StreamExt;
 use rand::{rngs::OsRng, RngCore};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{ConnectionAddr, RedisError, RedisFuture, Script, TlsMode};
 use tokio::sync::OnceCell;
 
 use super::grant::{Grant, GrantView};
 use super::store::{Key, Store, StoreError, REMEMBER_MAX, REMEMBER_SECS};
-use crate::config;
+use crate::config::{self, RedisMode};
 
 /// Attempts of one `update` before giving up on a grant that keeps changing under it.
 const MAX_CAS_ATTEMPTS: usize = 64;
 
-/// KEYS: grant, device-code index, user-code index, live set.
-/// ARGV: grant JSON, milliseconds to keep, max_pending, grant id.
+/// How often the Sentinel store asks the sentinels which server is the primary, besides after
+/// every failure.
+const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+
+/// Reads in flight at once when a Cluster store lists its grants.
+const LIST_CONCURRENCY: usize = 64;
+
+/// KEYS: grant, user-code index, id index, live set.
+/// ARGV: grant JSON, milliseconds to keep, max_pending, device-code hash.
 const INSERT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[3]) then return 'full' end
-if not redis.call('SET', KEYS[3], ARGV[4], 'NX', 'PX', ARGV[2]) then return 'taken' end
-redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[2])
+if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[2]) then return 'taken' end
+redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[4])
 if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[4], ARGV[2]) end
 return 'ok'
 ";
 
-/// KEYS: an index key. ARGV: the grant key prefix. Follows the index to the grant in one trip.
+/// Cluster insert, first step. KEYS: live set. ARGV: milliseconds to keep, max_pending,
+/// device-code hash. Takes a place unless the store is full.
+const RESERVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 'full' end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[3])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 'ok'
+";
+
+/// KEYS: an index key. ARGV: the grant key prefix. Follows the index to the grant in one trip
+/// (one primary only: in a Cluster the grant is on another slot).
 const GET_BY_INDEX: &str = r"
-local id = redis.call('GET', KEYS[1])
-if not id then return false end
-return redis.call('GET', ARGV[1] .. id)
+local h = redis.call('GET', KEYS[1])
+if not h then return false end
+return redis.call('GET', ARGV[1] .. h)
 ";
 
 /// KEYS: grant. ARGV: the JSON that was read, the new JSON. Writes only if nothing changed
@@ -84,6 +132,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 ";
 
+/// KEYS: live set. The device-code hashes of the grants still stored by Redis's clock.
+const LIVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+";
 /// KEYS: secret. ARGV: a fresh candidate. The first instance's candidate wins for good.
 const SECRET: &str = r"
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
@@ -130,13 +184,13 @@ if redis.call('TTL', KEYS[1]) < ttl then redis.call('EXPIRE', KEYS[1], ttl) end
 return 0
 ";
 
-/// KEYS: live set. ARGV: the grant key prefix. Every stored grant's JSON.
+/// KEYS: live set. ARGV: the grant key prefix. Every stored grant's JSON (one primary only).
 const LIST: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
-  local g = redis.call('GET', ARGV[1] .. id)
+for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
+  local g = redis.call('GET', ARGV[1] .. h)
   if g then out[#out + 1] = g end
 end
 return out
@@ -164,24 +218,165 @@ return out
 
 struct Scripts {
     list: Script,
+    live: Script,
     remember: Script,
     remembered: Script,
     spend: Script,
     refund: Script,
     admit: Script,
     insert: Script,
+    reserve: Script,
     get_by_index: Script,
     compare_and_set: Script,
     count: Script,
     secret: Script,
 }
 
-/// Grant storage in a Redis server shared by every gateway instance.
-pub struct RedisStore {
-    client: redis::Client,
+/// One connection to whichever server answers: a standalone or Sentinel-named primary, or the
+/// whole Cluster (which routes each command to the node owning its key).
+#[derive(Clone)]
+enum Conn {
+    Primary(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Primary(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Primary(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Primary(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How the store reaches Redis.
+enum Link {
+    /// One server: a pool of multiplexed connections, opened on first use inside the server's
+    /// runtime.
+    Standalone {
+        client: redis::Client,
+        pool: OnceCell<Vec<ConnectionManager>>,
+    },
+    Sentinel(Arc<Sentinel>),
+    /// One connection multiplexed to every node of the Cluster.
+    Cluster {
+        client: ClusterClient,
+        conn: OnceCell<ClusterConnection>,
+    },
+}
+
+/// The primary that the sentinels name, and the pool open to it.
+struct Sentinel {
+    client: tokio::sync::Mutex<SentinelClient>,
     manager_config: ConnectionManagerConfig,
-    /// Opened on first use, inside the server's runtime; each is one multiplexed connection.
-    pool: OnceCell<Vec<ConnectionManager>>,
+    pool_size: usize,
+    master_name: String,
+    /// The primary's address and the pool open to it.
+    current: RwLock<Option<(String, Arc<Vec<ConnectionManager>>)>>,
+    /// An operation failed: the next one asks the sentinels first.
+    suspect: AtomicBool,
+    /// A background check is running.
+    checking: AtomicBool,
+    checked_at: Mutex<Instant>,
+}
+
+impl Sentinel {
+    /// Asks the sentinels for the primary, and opens a new pool when it moved.
+    async fn resolve(&self) -> Result<Arc<Vec<ConnectionManager>>, StoreError> {
+        let mut client = self.client.lock().await;
+        // The sentinels name the primary, and the primary confirms its role (ROLE).
+        let primary = client.async_get_client().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "redis sentinel: no primary '{}' known to the sentinels: {e}",
+                self.master_name
+            ))
+        })?;
+        drop(client);
+        if let Ok(mut at) = self.checked_at.lock() {
+            *at = Instant::now();
+        }
+        let addr = primary.get_connection_info().addr().to_string();
+        if let Some((known, pool)) = self.current.read().ok().and_then(|c| c.clone()) {
+            if known == addr {
+                self.suspect.store(false, Ordering::Relaxed);
+                return Ok(pool);
+            }
+        }
+        let pool = (0..self.pool_size)
+            .map(|_| {
+                ConnectionManager::new_lazy_with_config(
+                    primary.clone(),
+                    self.manager_config.clone(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)
+            .map(Arc::new)?;
+        let before = self
+            .current
+            .write()
+            .ok()
+            .and_then(|mut c| c.replace((addr.clone(), pool.clone())));
+        self.suspect.store(false, Ordering::Relaxed);
+        match before {
+            Some((old, _)) => {
+                tracing::warn!(master = %self.master_name, from = %old, to = %addr, "redis sentinel: following the new primary")
+            }
+            None => {
+                tracing::info!(master = %self.master_name, primary = %addr, "redis sentinel: primary found")
+            }
+        }
+        Ok(pool)
+    }
+
+    async fn pool(self: &Arc<Self>) -> Result<Arc<Vec<ConnectionManager>>, StoreError> {
+        let current = self.current.read().ok().and_then(|c| c.clone());
+        match current {
+            Some((_, pool)) if !self.suspect.load(Ordering::Relaxed) => {
+                let due = self
+                    .checked_at
+                    .lock()
+                    .map(|at| at.elapsed() >= SENTINEL_RECHECK)
+                    .unwrap_or(true);
+                if due && !self.checking.swap(true, Ordering::AcqRel) {
+                    // A failover the pool has not noticed yet (the old primary still answers,
+                    // demoted to a replica): look in the background, not in this request.
+                    let me = Arc::clone(self);
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(SENTINEL_RECHECK, me.resolve()).await;
+                        me.checking.store(false, Ordering::Release);
+                    });
+                }
+                Ok(pool)
+            }
+            _ => self.resolve().await,
+        }
+    }
+}
+
+/// Grant storage in Redis shared by every gateway instance.
+pub struct RedisStore {
+    link: Link,
+    manager_config: ConnectionManagerConfig,
     pool_size: usize,
     next: AtomicUsize,
     prefix: String,
@@ -195,6 +390,109 @@ fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
+/// The driver's own messages could quote the URL, password included: say only what is wrong.
+fn bad_url(_: RedisError) -> String {
+    "store.redis: cannot use the URL and CA file".to_string()
+}
+
+fn certificates(cfg: &config::Redis) -> Option<redis::TlsCertificates> {
+    cfg.ca_pem.as_ref().map(|pem| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.clone()),
+    })
+}
+
+fn link(cfg: &config::Redis, manager_config: &ConnectionManagerConfig) -> Result<Link, String> {
+    use redis::IntoConnectionInfo;
+    let info = cfg.url.expose().into_connection_info().map_err(bad_url)?;
+    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let settings = info.redis_settings();
+    Ok(match &cfg.mode {
+        RedisMode::Standalone => Link::Standalone {
+            client: match certificates(cfg) {
+                None => redis::Client::open(cfg.url.expose()),
+                Some(certs) => redis::Client::build_with_tls(cfg.url.expose(), certs),
+            }
+            .map_err(bad_url)?,
+            pool: OnceCell::new(),
+        },
+        RedisMode::Sentinel {
+            master_name,
+            sentinels,
+            username,
+            password,
+        } => {
+            let addrs = sentinels
+                .iter()
+                .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+            let mut b = SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
+                .map_err(bad_url)?
+                .set_client_to_redis_db(settings.db());
+            if let Some(user) = settings.username() {
+                b = b.set_client_to_redis_username(user);
+            }
+            if let Some(pass) = settings.password() {
+                b = b.set_client_to_redis_password(pass);
+            }
+            if let Some(user) = username {
+                b = b.set_client_to_sentinel_username(user);
+            }
+            if let Some(pass) = password {
+                b = b.set_client_to_sentinel_password(pass.expose());
+            }
+            if tls {
+                b = b
+                    .set_client_to_redis_tls_mode(TlsMode::Secure)
+                    .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                if let Some(certs) = certificates(cfg) {
+                    b = b
+                        .set_client_to_redis_certificates(certs.clone())
+                        .set_client_to_sentinel_certificates(certs);
+                }
+            }
+            Link::Sentinel(Arc::new(Sentinel {
+                client: tokio::sync::Mutex::new(b.build().map_err(bad_url)?),
+                manager_config: manager_config.clone(),
+                pool_size: cfg.pool_size,
+                master_name: master_name.clone(),
+                current: RwLock::new(None),
+                suspect: AtomicBool::new(false),
+                checking: AtomicBool::new(false),
+                checked_at: Mutex::new(Instant::now()),
+            }))
+        }
+        RedisMode::Cluster { nodes } => {
+            let scheme = if tls { "rediss" } else { "redis" };
+            let seeds =
+                std::iter::once(info.clone()).chain(nodes.iter().filter_map(|(h, p)| {
+                    format!("{scheme}://{h}:{p}").into_connection_info().ok()
+                }));
+            let mut b = ClusterClient::builder(seeds)
+                .connection_timeout(cfg.command_timeout)
+                .response_timeout(cfg.command_timeout)
+                .retries(3)
+                .min_retry_wait(20)
+                .max_retry_wait(cfg.command_timeout.as_millis().try_into().unwrap_or(1000));
+            if let Some(user) = settings.username() {
+                b = b.username(user);
+            }
+            if let Some(pass) = settings.password() {
+                b = b.password(pass);
+            }
+            if tls {
+                b = b.tls(TlsMode::Secure);
+                if let Some(certs) = certificates(cfg) {
+                    b = b.certs(certs);
+                }
+            }
+            Link::Cluster {
+                client: b.build().map_err(bad_url)?,
+                conn: OnceCell::new(),
+            }
+        }
+    })
+}
+
 impl RedisStore {
     /// A store keeping each grant `retain_for` after it is written, at most `max_pending` at
     /// once. Nothing connects yet: the first operation does.
@@ -203,27 +501,14 @@ impl RedisStore {
         retain_for: Duration,
         max_pending: u64,
     ) -> Result<Self, String> {
-        let client = match &cfg.ca_pem {
-            None => redis::Client::open(cfg.url.expose()),
-            Some(pem) => redis::Client::build_with_tls(
-                cfg.url.expose(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-        }
-        // The driver's message could quote the URL, password included: say only what is wrong.
-        .map_err(|_| "store.redis: cannot use the URL and CA file".to_string())?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.command_timeout))
             .set_response_timeout(Some(cfg.command_timeout))
             .set_number_of_retries(2)
             .set_max_delay(cfg.command_timeout);
         Ok(Self {
-            client,
+            link: link(cfg, &manager_config)?,
             manager_config,
-            pool: OnceCell::new(),
             pool_size: cfg.pool_size,
             next: AtomicUsize::new(0),
             prefix: cfg.key_prefix.clone(),
@@ -234,12 +519,14 @@ impl RedisStore {
             timeout: cfg.command_timeout,
             scripts: Scripts {
                 list: Script::new(LIST),
+                live: Script::new(LIVE),
                 remember: Script::new(REMEMBER),
                 remembered: Script::new(REMEMBERED),
                 spend: Script::new(SPEND),
                 refund: Script::new(REFUND),
                 admit: Script::new(ADMIT),
                 insert: Script::new(INSERT),
+                reserve: Script::new(RESERVE),
                 get_by_index: Script::new(GET_BY_INDEX),
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 count: Script::new(COUNT),
@@ -252,60 +539,80 @@ impl RedisStore {
         format!("{}{kind}{name}", self.prefix)
     }
 
-    /// One connection of the pool, round robin.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let pool = self
-            .pool
-            .get_or_try_init(|| async {
-                (0..self.pool_size)
-                    .map(|_| {
-                        ConnectionManager::new_lazy_with_config(
-                            self.client.clone(),
-                            self.manager_config.clone(),
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await
-            .map_err(unavailable)?;
+    fn clustered(&self) -> bool {
+        matches!(self.link, Link::Cluster { .. })
+    }
+
+    fn pick(&self, pool: &[ConnectionManager]) -> Result<Conn, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len().max(1);
         pool.get(i)
             .cloned()
+            .map(Conn::Primary)
             .ok_or_else(|| StoreError::Unavailable("redis: no connection".into()))
     }
 
+    /// One connection: round robin over the primary's pool, or the Cluster connection.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.link {
+            Link::Standalone { client, pool } => {
+                let pool = pool
+                    .get_or_try_init(|| async {
+                        (0..self.pool_size)
+                            .map(|_| {
+                                ConnectionManager::new_lazy_with_config(
+                                    client.clone(),
+                                    self.manager_config.clone(),
+                                )
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                self.pick(pool)
+            }
+            Link::Sentinel(sentinel) => self.pick(&sentinel.pool().await?),
+            Link::Cluster { client, conn } => conn
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .cloned()
+                .map(Conn::Cluster)
+                .map_err(unavailable),
+        }
+    }
+
     /// Runs one whole store operation within the command timeout: a Redis that hangs is as
-    /// unavailable as one that is down, and callers answer fast either way.
+    /// unavailable as one that is down, and callers answer fast either way. With Sentinel a
+    /// failure sends the next operation to the sentinels first.
     async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, op)
+        let out = tokio::time::timeout(self.timeout, op)
             .await
             .unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(
                     "redis did not answer within store.redis.command_timeout_ms".into(),
                 ))
-            })
+            });
+        if let (Err(StoreError::Unavailable(_)), Link::Sentinel(s)) = (&out, &self.link) {
+            s.suspect.store(true, Ordering::Relaxed);
+        }
+        out
     }
 
     /// The stored JSON of the grant behind `key`.
-    async fn load(
-        &self,
-        conn: &mut ConnectionManager,
-        key: Key<'_>,
-    ) -> Result<Option<String>, StoreError> {
+    async fn load(&self, conn: &mut Conn, key: Key<'_>) -> Result<Option<String>, StoreError> {
         let index = match key {
-            Key::Id(id) => {
-                return redis::cmd("GET")
-                    .arg(self.key("grant:", id))
-                    .query_async(conn)
-                    .await
-                    .map_err(unavailable)
-            }
-            Key::DeviceCodeHash(h) => self.key("dc:", h),
+            Key::DeviceCodeHash(h) => return get(conn, self.key("grant:", h)).await,
+            Key::Id(id) => self.key("id:", id),
             Key::UserCode(c) => self.key("uc:", c),
         };
+        if self.clustered() {
+            return match get(conn, index).await? {
+                Some(hash) => get(conn, self.key("grant:", &hash)).await,
+                None => Ok(None),
+            };
+        }
         self.scripts
             .get_by_index
             .key(index)
@@ -318,17 +625,21 @@ impl RedisStore {
     async fn try_insert(&self, grant: &Grant) -> Result<(), StoreError> {
         let json = to_json(grant)?;
         let mut conn = self.conn().await?;
+        let hash = &grant.device_code_hash;
+        if self.clustered() {
+            return self.insert_in_steps(&mut conn, grant, json).await;
+        }
         let outcome: String = self
             .scripts
             .insert
-            .key(self.key("grant:", &grant.id))
-            .key(self.key("dc:", &grant.device_code_hash))
+            .key(self.key("grant:", hash))
             .key(self.key("uc:", &grant.user_code))
+            .key(self.key("id:", &grant.id))
             .key(self.key("live", ""))
             .arg(json)
             .arg(self.retain_ms)
             .arg(self.max_pending)
-            .arg(&grant.id)
+            .arg(hash)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -340,6 +651,67 @@ impl RedisStore {
                 "redis: unexpected insert answer '{other}'"
             ))),
         }
+    }
+
+    /// The Cluster insert: a place in `live`, the user code, then the grant and its id index,
+    /// each on the node owning its key (see the module docs for what a failed step leaves).
+    async fn insert_in_steps(
+        &self,
+        conn: &mut Conn,
+        grant: &Grant,
+        json: String,
+    ) -> Result<(), StoreError> {
+        let hash = &grant.device_code_hash;
+        let live = self.key("live", "");
+        let reserved: String = self
+            .scripts
+            .reserve
+            .key(&live)
+            .arg(self.retain_ms)
+            .arg(self.max_pending)
+            .arg(hash)
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable)?;
+        if reserved != "ok" {
+            return Err(StoreError::Full);
+        }
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.key("uc:", &grant.user_code))
+            .arg(hash)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.retain_ms)
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        if claimed.is_none() {
+            let _: i64 = redis::cmd("ZREM")
+                .arg(&live)
+                .arg(hash)
+                .query_async(conn)
+                .await
+                .map_err(unavailable)?;
+            return Err(StoreError::UserCodeTaken);
+        }
+        let set = |key: String, value: &str| {
+            let mut conn = conn.clone();
+            let cmd = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(self.retain_ms)
+                .to_owned();
+            async move {
+                let _: () = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+                Ok::<_, StoreError>(())
+            }
+        };
+        tokio::try_join!(
+            set(self.key("grant:", hash), &json),
+            set(self.key("id:", &grant.id), hash)
+        )?;
+        Ok(())
     }
 
     async fn try_update(
@@ -361,7 +733,7 @@ impl RedisStore {
             let written: i64 = self
                 .scripts
                 .compare_and_set
-                .key(self.key("grant:", &before.id))
+                .key(self.key("grant:", &before.device_code_hash))
                 .arg(&read)
                 .arg(to_json(&grant)?)
                 .invoke_async(&mut conn)
@@ -376,6 +748,50 @@ impl RedisStore {
             "redis: the grant kept changing during the update".into(),
         ))
     }
+
+    /// Every stored grant's JSON: one script with one primary; in a Cluster the live hashes,
+    /// then each grant from its own node.
+    async fn stored(&self, conn: &mut Conn) -> Result<Vec<String>, StoreError> {
+        if !self.clustered() {
+            return self
+                .scripts
+                .list
+                .key(self.key("live", ""))
+                .arg(self.key("grant:", ""))
+                .invoke_async(conn)
+                .await
+                .map_err(unavailable);
+        }
+        let hashes: Vec<String> = self
+            .scripts
+            .live
+            .key(self.key("live", ""))
+            .invoke_async(conn)
+            .await
+            .map_err(unavailable)?;
+        let reads = futures_util::stream::iter(hashes)
+            .map(|h| {
+                let mut conn = conn.clone();
+                let key = self.key("grant:", &h);
+                async move { get(&mut conn, key).await }
+            })
+            .buffered(LIST_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut out = Vec::with_capacity(reads.len());
+        for read in reads {
+            out.extend(read?);
+        }
+        Ok(out)
+    }
+}
+
+async fn get(conn: &mut Conn, key: String) -> Result<Option<String>, StoreError> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .map_err(unavailable)
 }
 
 fn to_json(grant: &Grant) -> Result<String, StoreError> {
@@ -517,14 +933,7 @@ impl Store for RedisStore {
     async fn list(&self) -> Result<Vec<Grant>, StoreError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
-            let found: Vec<String> = self
-                .scripts
-                .list
-                .key(self.key("live", ""))
-                .arg(self.key("grant:", ""))
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let found = self.stored(&mut conn).await?;
             found.iter().map(|j| from_json(j)).collect()
         })
         .await
@@ -538,8 +947,8 @@ impl Store for RedisStore {
             let _: i64 = self
                 .scripts
                 .remember
-                .key(self.key("ended", ""))
-                .key(self.key("ended:", &view.id))
+                .key(self.key("{ended}", ""))
+                .key(self.key("{ended}:", &view.id))
                 .arg(&view.id)
                 .arg(json)
                 .arg(now)
@@ -559,8 +968,8 @@ impl Store for RedisStore {
             let found: Vec<String> = self
                 .scripts
                 .remembered
-                .key(self.key("ended", ""))
-                .arg(self.key("ended:", ""))
+                .key(self.key("{ended}", ""))
+                .arg(self.key("{ended}:", ""))
                 .arg(now.saturating_sub(REMEMBER_SECS))
                 .invoke_async(&mut conn)
                 .await
@@ -619,6 +1028,11 @@ impl Store for RedisStore {
         .await
     }
 }
+
+/// Real Cluster and Sentinel setups, shared with the end-to-end tests.
+#[cfg(test)]
+#[path = "../../tests/common/redis_ha.rs"]
+mod redis_ha;
 
 #[cfg(test)]
 mod tests {
@@ -685,6 +1099,7 @@ mod tests {
 
     fn options(url: &str, prefix: &str, timeout_ms: u64) -> config::Redis {
         config::Redis {
+            mode: RedisMode::Standalone,
             url: Secret::new(url.to_string()),
             key_prefix: prefix.to_string(),
             pool_size: 2,
@@ -700,6 +1115,93 @@ mod tests {
         conformance::run(|retain, max| {
             let prefix = format!("t{}:", n.fetch_add(1, Ordering::Relaxed));
             RedisStore::new(&options(&server.url(), &prefix, 2000), retain, max).unwrap()
+        })
+        .await;
+    }
+
+    fn ha_options(mode: RedisMode, url: String, prefix: &str) -> config::Redis {
+        config::Redis {
+            mode,
+            url: Secret::new(url),
+            key_prefix: prefix.to_string(),
+            pool_size: 2,
+            command_timeout: Duration::from_millis(3000),
+            ca_pem: None,
+        }
+    }
+
+    fn nodes(list: &[String]) -> Vec<(String, u16)> {
+        list.iter()
+            .map(|a| {
+                let (h, p) = a.rsplit_once(':').unwrap();
+                (h.to_string(), p.parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_on_a_cluster_with_keys_on_every_primary() {
+        let cluster = tokio::task::spawn_blocking(redis_ha::Cluster::start)
+            .await
+            .unwrap();
+        let (url, rest) = cluster.url_with_password(redis_ha::PASSWORD);
+        let mode = RedisMode::Cluster {
+            nodes: nodes(&rest),
+        };
+        let n = AtomicUsize::new(0);
+        conformance::run(|retain, max| {
+            let prefix = format!("t{}:", n.fetch_add(1, Ordering::Relaxed));
+            RedisStore::new(&ha_options(mode.clone(), url.clone(), &prefix), retain, max).unwrap()
+        })
+        .await;
+
+        // Grants spread over the three primaries: no hash tag pins them to one slot.
+        let store = RedisStore::new(
+            &ha_options(mode.clone(), url.clone(), "spread:"),
+            Duration::from_secs(600),
+            100,
+        )
+        .unwrap();
+        for i in 0..30 {
+            let mut g = grant(1000);
+            g.id = format!("spread{i}");
+            g.device_code_hash = crate::device::code::hash_device_code(&g.id);
+            g.user_code = format!("SPRD{i:04}");
+            store.insert(&g).await.unwrap();
+            let found = store.get(Key::UserCode(&g.user_code)).await.unwrap();
+            assert_eq!(found.map(|f| f.id), Some(g.id.clone()));
+            assert!(store.get(Key::Id(&g.id)).await.unwrap().is_some());
+        }
+        assert_eq!(store.count().await.unwrap(), 30);
+        assert_eq!(store.list().await.unwrap().len(), 30);
+        for port in cluster.ports() {
+            let keys = redis_ha::cli(port, &["--scan", "--pattern", "spread:grant:*"]);
+            let here = keys.lines().count();
+            assert!(here >= 2, "node {port} holds {here} of 30 grants");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_through_sentinels() {
+        let setup = tokio::task::spawn_blocking(redis_ha::Sentinels::start)
+            .await
+            .unwrap();
+        let mode = RedisMode::Sentinel {
+            master_name: redis_ha::MASTER.into(),
+            sentinels: nodes(&setup.addresses()),
+            username: None,
+            password: None,
+        };
+        let url = format!(
+            "redis://{}:{}@{}/0",
+            redis_ha::USER,
+            redis_ha::PASSWORD,
+            redis_ha::MASTER
+        );
+        let n = AtomicUsize::new(0);
+        conformance::run(|retain, max| {
+            let prefix = format!("t{}:", n.fetch_add(1, Ordering::Relaxed));
+            RedisStore::new(&ha_options(mode.clone(), url.clone(), &prefix), retain, max).unwrap()
         })
         .await;
     }

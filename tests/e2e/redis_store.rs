@@ -284,6 +284,7 @@ async fn rediss_is_verified_against_the_configured_ca() {
 
     let store = |ca_pem: Option<Vec<u8>>| {
         let cfg = RedisConfig {
+            mode: devicegate::config::RedisMode::Standalone,
             url: Secret::new(format!("rediss://localhost:{port}")),
             key_prefix: "tls:".into(),
             pool_size: 1,

@@ -1,0 +1,456 @@
+//! Real highly available Redis on loopback, for the store's unit tests (included by path from
+//! `src/device/redis.rs`) and for the end-to-end tests: a 3-primary Redis Cluster, and a
+//! Sentinel setup (1 primary, 1 replica, 3 sentinels). Both use an ACL user, `devicegate`, with
+//! the password [`PASSWORD`]; the default user is off. Only the standard library and tempfile.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `devicegate` ACL user's password on every node.
+pub const PASSWORD: &str = "redis-acl-password-value";
+pub const USER: &str = "devicegate";
+/// The master name the sentinels watch.
+pub const MASTER: &str = "devicegate-primary";
+
+/// A loopback port that is free, and whose cluster bus port (+10000) is free too.
+fn free_pair() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let port = l.local_addr().expect("local addr").port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn spawn(program: &str, args: &[String], package: &str) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {program} ({e}): apt-get install {package} (./scripts/test.sh does it)"
+            )
+        })
+}
+
+/// `redis-cli` as the ACL user against `port`; its output, trimmed.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--user", USER])
+        .args(["--pass", PASSWORD, "--no-auth-warning"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): apt-get install redis-tools"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `redis-cli` against a sentinel (no password on the sentinels).
+pub fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): apt-get install redis-tools"));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn wait_until(what: &str, limit: Duration, ready: impl Fn() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+fn acl_user() -> Vec<String> {
+    // The default user is off: only the ACL user can do anything.
+    ["--user", "default", "off", "--user", USER, "on"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!(">{PASSWORD}"),
+            "~*".into(),
+            "&*".into(),
+            "+@all".into(),
+        ])
+        .collect()
+}
+
+/// One `redis-server`, restartable with the same arguments (and so the same data directory).
+struct Node {
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        self.child = Some(spawn("redis-server", &self.args, "redis-server"));
+        let port = self.port;
+        wait_until(
+            &format!("redis-server on {port}"),
+            Duration::from_secs(30),
+            || cli(port, &["PING"]) == "PONG",
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node(dir: &Path, name: &str, port: u16, extra: &[String]) -> Node {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data).expect("node directory");
+    let mut args: Vec<String> = vec![
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--dir".into(),
+        data.display().to_string(),
+        "--save".into(),
+        String::new(),
+    ];
+    args.extend(acl_user());
+    args.extend(extra.iter().cloned());
+    Node {
+        port,
+        args,
+        child: None,
+    }
+}
+
+/// Three primaries, no replicas, each keeping an append-only file so a restarted node comes
+/// back with its keys.
+pub struct Cluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut nodes = Vec::new();
+        for i in 0..3 {
+            let port = free_pair();
+            let extra: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+                // The other nodes' slots stay served while one node is down.
+                "--cluster-require-full-coverage",
+                "no",
+                "--appendonly",
+                "yes",
+                "--masteruser",
+                USER,
+                "--masterauth",
+                PASSWORD,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut n = node(dir.path(), &format!("node{i}"), port, &extra);
+            n.start();
+            nodes.push(n);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args([
+                "--user",
+                USER,
+                "--pass",
+                PASSWORD,
+                "--no-auth-warning",
+                "--cluster",
+                "create",
+            ])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = Cluster { nodes, _dir: dir };
+        c.wait_ok();
+        c
+    }
+
+    /// Until every node says the cluster is up and knows all three primaries.
+    pub fn wait_ok(&self) {
+        for n in &self.nodes {
+            let port = n.port;
+            wait_until(
+                &format!("cluster_state:ok on {port}"),
+                Duration::from_secs(60),
+                || {
+                    let info = cli(port, &["CLUSTER", "INFO"]);
+                    info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+                },
+            );
+        }
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `redis://devicegate:…@127.0.0.1:<first node>`, and the other nodes as `host:port`.
+    pub fn url_with_password(&self, password: &str) -> (String, Vec<String>) {
+        let url = format!("redis://{USER}:{password}@127.0.0.1:{}", self.nodes[0].port);
+        let rest = self.nodes[1..]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        (url, rest)
+    }
+
+    fn id(&self, i: usize) -> String {
+        cli(self.nodes[i].port, &["CLUSTER", "MYID"])
+    }
+
+    /// The index of the node that serves `key`'s slot.
+    pub fn owner(&self, key: &str) -> usize {
+        let slot = cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]);
+        let nodes = cli(self.nodes[0].port, &["CLUSTER", "NODES"]);
+        let slot: u32 = slot.parse().expect("a slot number");
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let serves = f.iter().skip(8).any(|r| {
+                let mut b = r.split('-');
+                let lo: u32 = b.next().and_then(|x| x.parse().ok()).unwrap_or(u32::MAX);
+                let hi: u32 = b.next().and_then(|x| x.parse().ok()).unwrap_or(lo);
+                (lo..=hi).contains(&slot)
+            });
+            if serves {
+                let port = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok());
+                return self
+                    .nodes
+                    .iter()
+                    .position(|n| Some(n.port) == port)
+                    .expect("the owner is one of ours");
+            }
+        }
+        panic!("no node serves slot {slot}: {nodes}");
+    }
+
+    /// Moves `key`'s slot, with its keys, from the node serving it to node `to`, the way
+    /// `redis-cli --cluster reshard` moves each slot: IMPORTING/MIGRATING, MIGRATE, then NODE.
+    /// `between` runs while the slot is half moved (clients get ASK redirections then).
+    pub fn move_slot_of(&self, key: &str, to: usize, between: impl FnOnce()) -> usize {
+        let from = self.owner(key);
+        assert_ne!(from, to, "{key} is already on node {to}");
+        let slot = cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]);
+        let (src, dst) = (self.nodes[from].port, self.nodes[to].port);
+        let (src_id, dst_id) = (self.id(from), self.id(to));
+        assert_eq!(
+            cli(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]),
+            "OK"
+        );
+        assert_eq!(
+            cli(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
+            "OK"
+        );
+        between();
+        loop {
+            let keys = cli(src, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec![
+                "MIGRATE".to_string(),
+                "127.0.0.1".into(),
+                dst.to_string(),
+                String::new(),
+                "0".into(),
+                "5000".into(),
+                "AUTH2".into(),
+                USER.into(),
+                PASSWORD.into(),
+                "KEYS".into(),
+            ];
+            args.extend(keys.iter().map(|k| k.to_string()));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert_eq!(cli(src, &args), "OK", "MIGRATE {keys:?}");
+        }
+        for n in &self.nodes {
+            assert_eq!(
+                cli(n.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]),
+                "OK"
+            );
+        }
+        from
+    }
+
+    /// Kills node `i` (SIGKILL): its slots are down until [`Cluster::restart`].
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Starts node `i` again on its port and data directory; it rejoins with its keys.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].start();
+        self.wait_ok();
+    }
+}
+
+/// A primary, its replica and three sentinels (quorum 2) watching it as [`MASTER`], with a
+/// failover 1.5 s after the primary stops answering.
+pub struct Sentinels {
+    data: Vec<Node>,
+    sentinels: Vec<Child>,
+    pub sentinel_ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+impl Sentinels {
+    pub fn start() -> Sentinels {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let auth: Vec<String> = ["--masteruser", USER, "--masterauth", PASSWORD]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p0 = free_pair();
+        let mut primary = node(dir.path(), "primary", p0, &auth);
+        primary.start();
+        let p1 = free_pair();
+        let mut extra = auth.clone();
+        extra.extend(["--replicaof".into(), "127.0.0.1".into(), p0.to_string()]);
+        let mut replica = node(dir.path(), "replica", p1, &extra);
+        replica.start();
+        wait_until("the replica in sync", Duration::from_secs(30), || {
+            cli(p1, &["INFO", "replication"]).contains("master_link_status:up")
+        });
+        let mut sentinels = Vec::new();
+        let mut sentinel_ports = Vec::new();
+        for i in 0..3 {
+            let port = free_pair();
+            let conf = dir.path().join(format!("sentinel{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {MASTER} 127.0.0.1 {p0} 2\n\
+                     sentinel down-after-milliseconds {MASTER} 1500\n\
+                     sentinel failover-timeout {MASTER} 10000\n\
+                     sentinel parallel-syncs {MASTER} 1\n\
+                     sentinel auth-user {MASTER} {USER}\n\
+                     sentinel auth-pass {MASTER} {PASSWORD}\n",
+                    dir = dir.path().display()
+                ),
+            )
+            .expect("sentinel config");
+            sentinels.push(spawn(
+                "redis-sentinel",
+                &[conf.display().to_string()],
+                "redis-sentinel",
+            ));
+            sentinel_ports.push(port);
+        }
+        let s = Sentinels {
+            data: vec![primary, replica],
+            sentinels,
+            sentinel_ports,
+            dir,
+        };
+        // A failover needs every sentinel to know the replica and the other sentinels.
+        for &port in &s.sentinel_ports {
+            wait_until(
+                &format!("sentinel {port} knows the replica and the other sentinels"),
+                Duration::from_secs(60),
+                || {
+                    let m = sentinel_cli(port, &["SENTINEL", "MASTER", MASTER]);
+                    let field = |name: &str| {
+                        let lines: Vec<&str> = m.lines().collect();
+                        lines
+                            .iter()
+                            .position(|l| *l == name)
+                            .and_then(|i| lines.get(i + 1))
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .unwrap_or(0)
+                    };
+                    field("num-slaves") >= 1 && field("num-other-sentinels") >= 2
+                },
+            );
+        }
+        s
+    }
+
+    /// `sentinels:` entries for the configuration.
+    pub fn addresses(&self) -> Vec<String> {
+        self.sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The port the sentinels name as the primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let out = sentinel_cli(
+            self.sentinel_ports[0],
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER],
+        );
+        out.lines().nth(1).and_then(|p| p.parse().ok())
+    }
+
+    pub fn data_ports(&self) -> Vec<u16> {
+        self.data.iter().map(|n| n.port).collect()
+    }
+
+    /// Kills the data node on `port` (SIGKILL).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.data.iter_mut().find(|n| n.port == port) {
+            n.stop();
+        }
+    }
+
+    /// Starts the data node on `port` again (as it was; the sentinels then make it a replica).
+    pub fn restart(&mut self, port: u16) {
+        if let Some(n) = self.data.iter_mut().find(|n| n.port == port) {
+            n.start();
+        }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for c in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
