@@ -74,6 +74,7 @@ fn main() -> ExitCode {
              ({} wrong codes a minute × {} pending grants ÷ 20^8)",
             config.limits.code_failures_global_per_minute, config.store.max_pending
         );
+        println!("store: {}", config.store.backend.describe());
         match (config.admin_listen, &config.admin_token) {
             (Some(addr), Some(_)) => println!("admin: {addr} (health, metrics and the admin API)"),
             (Some(addr), None) => {

@@ -229,6 +229,131 @@ fn redis_store() {
 }
 
 #[test]
+fn redis_sentinel_and_cluster_modes() {
+    let load = |redis: &str| {
+        let yaml = format!("{GOOD}store:\n  backend: redis\n  redis:\n{redis}");
+        match Config::from_yaml(&yaml, &env).map(|c| c.store.backend) {
+            Ok(Backend::Redis(r)) => Ok(r),
+            Ok(other) => panic!("not redis: {other:?}"),
+            Err(e) => Err(e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()),
+        }
+    };
+    let r = load(
+        "    mode: sentinel\n    url: rediss://devicegate:${TV_APP_SECRET}@main/3\n    sentinels: [10.0.0.1:26379, 10.0.0.2, '[::1]:26380']\n    sentinel_password: ${TV_APP_SECRET}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        r.mode,
+        RedisMode::Sentinel {
+            master_name: "main".into(),
+            sentinels: vec![
+                ("10.0.0.1".into(), 26379),
+                ("10.0.0.2".into(), 26379),
+                ("::1".into(), 26380)
+            ],
+            username: None,
+            password: Some(Secret::new("s3cret".into())),
+        }
+    );
+    let described = Backend::Redis(r.clone()).describe();
+    assert!(described.contains("sentinel, TLS: primary 'main' as named by 3 sentinel(s)"));
+    assert!(!described.contains("s3cret") && !format!("{r:?}").contains("s3cret"));
+
+    let r = load(
+        "    mode: cluster\n    url: redis://devicegate:${TV_APP_SECRET}@10.0.0.5:7000\n    nodes: [10.0.0.6:7001, 10.0.0.7:7002]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        r.mode,
+        RedisMode::Cluster {
+            nodes: vec![("10.0.0.6".into(), 7001), ("10.0.0.7".into(), 7002)]
+        }
+    );
+    assert_eq!(
+        Backend::Redis(r).describe(),
+        "redis cluster: seed nodes 10.0.0.5:7000 10.0.0.6:7001 10.0.0.7:7002"
+    );
+    assert_eq!(
+        load("    url: redis://h\n").map(|r| r.mode),
+        Ok(RedisMode::Standalone)
+    );
+
+    let has = |redis: &str, key: &str, text: &str| {
+        let errs = load(redis).expect_err("an error");
+        assert!(
+            errs.iter().any(|e| e.starts_with(key) && e.contains(text)),
+            "no error for {key} containing '{text}' in {errs:#?}"
+        );
+        assert!(!errs.iter().any(|e| e.contains("hunter2")), "{errs:?}");
+    };
+    has(
+        "    mode: primary\n    url: redis://h\n",
+        "store.redis.mode",
+        "unknown mode 'primary'",
+    );
+    has(
+        "    mode: sentinel\n    url: redis://:hunter2@main/0\n",
+        "store.redis.sentinels",
+        "is required",
+    );
+    has(
+        "    mode: sentinel\n    url: redis://:hunter2@main:6379/0\n    sentinels: [a:1]\n",
+        "store.redis.url",
+        "<master name>",
+    );
+    has(
+        "    mode: sentinel\n    url: unix:///tmp/r.sock\n    sentinels: [a:1]\n",
+        "store.redis.url",
+        "<master name>",
+    );
+    has(
+        "    mode: sentinel\n    url: redis://m\n    sentinels: ['u:hunter2@a:1', 'a:b']\n",
+        "store.redis.sentinels[0]",
+        "not host:port",
+    );
+    has(
+        "    mode: sentinel\n    url: redis://m\n    sentinels: ['a:1', 'a:b']\n",
+        "store.redis.sentinels[1]",
+        "not host:port",
+    );
+    has(
+        "    mode: sentinel\n    url: redis://m\n    sentinels: [a:1]\n    nodes: [b:2]\n",
+        "store.redis.nodes",
+        "only used with `mode: cluster`",
+    );
+    has(
+        "    url: redis://h\n    sentinel_password: hunter2\n",
+        "store.redis.sentinels",
+        "only used with `mode: sentinel`",
+    );
+    has(
+        "    url: redis://h\n    nodes: [a:1]\n",
+        "store.redis.nodes",
+        "only used with `mode: cluster`",
+    );
+    has(
+        "    mode: cluster\n    url: redis://:hunter2@h:7000/2\n",
+        "store.redis.url",
+        "only database 0",
+    );
+    has(
+        "    mode: cluster\n    url: unix:///r.sock\n",
+        "store.redis.url",
+        "one node of the cluster",
+    );
+    has(
+        "    mode: cluster\n    url: redis://h:7000\n    nodes: [':7001']\n",
+        "store.redis.nodes[0]",
+        "not host:port",
+    );
+    has(
+        "    mode: cluster\n    url: redis://h:7000\n    key_prefix: '{dg}:'\n",
+        "store.redis.key_prefix",
+        "one slot",
+    );
+}
+
+#[test]
 fn bodies_are_capped_at_what_can_be_relayed() {
     // A token-endpoint body is read to see its grant type, then relayed from Pingora's 64 KiB
     // retry buffer: a larger limit used to let refresh requests reach the IdP without a body.

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod redis_ha;
+
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// A JSON string value, or "" for anything else.
@@ -78,6 +80,8 @@ pub struct Options {
     pub listen_tls: Option<(String, String)>,
     /// Start a `redis-server` and use the Redis store instead of the embedded one.
     pub redis: bool,
+    /// The body of a `store:` section (indented two spaces) for a store the test runs itself.
+    pub store: Option<String>,
     /// The body of a `ui:` section (indented two spaces), if any.
     pub ui: Option<String>,
     /// `server.trusted_proxies`, as a YAML flow list (`[127.0.0.1]`), if any.
@@ -139,6 +143,7 @@ impl Default for Options {
             listen_tls: None,
             trusted_proxies: None,
             redis: false,
+            store: None,
             ui: None,
             tv_policy: None,
             kiosk_policy: None,
@@ -201,7 +206,8 @@ pub const TV_LOGO: &str = "data:image/svg+xml,%3Csvg%20xmlns='http://www.w3.org/
 pub fn secret_of(client_id: &str) -> Option<&'static str> {
     (client_id == "kiosk").then_some(KIOSK_SECRET)
 }
-pub const REDIS_PASSWORD: &str = "redis-password-value";
+/// The password of the test Redis servers (the default user's, or the ACL user `devicegate`'s).
+pub const REDIS_PASSWORD: &str = redis_ha::PASSWORD;
 /// The admin API's token in the tests' configurations (`admin.token`).
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
@@ -256,12 +262,13 @@ impl Env {
         let redis = opts.redis.then(Redis::start);
         let admin_port = opts.admin.then(free_port);
         let tls_port = opts.listen_tls.as_ref().map(|_| free_port());
-        let store = match &redis {
-            Some(r) => format!(
+        let store = match (&opts.store, &redis) {
+            (Some(store), _) => store.clone(),
+            (None, Some(r)) => format!(
                 "  backend: redis\n  redis:\n    url: redis://:${{REDIS_PASSWORD}}@127.0.0.1:{}/0\n    command_timeout_ms: 500\n",
                 r.port
             ),
-            None => String::new(),
+            (None, None) => String::new(),
         };
         let config = format!(
             r#"

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `devicegate` ACL user's password on every node.
-pub const PASSWORD: &str = "redis-acl-password-value";
+pub const PASSWORD: &str = "redis-password-value";
 pub const USER: &str = "devicegate";
 /// The master name the sentinels watch.
 pub const MASTER: &str = "devicegate-primary";
@@ -263,10 +263,11 @@ impl Cluster {
         panic!("no node serves slot {slot}: {nodes}");
     }
 
-    /// Moves `key`'s slot, with its keys, from the node serving it to node `to`, the way
-    /// `redis-cli --cluster reshard` moves each slot: IMPORTING/MIGRATING, MIGRATE, then NODE.
-    /// `between` runs while the slot is half moved (clients get ASK redirections then).
-    pub fn move_slot_of(&self, key: &str, to: usize, between: impl FnOnce()) -> usize {
+    /// Starts moving `key`'s slot from the node serving it to node `to`, the way
+    /// `redis-cli --cluster reshard` moves each slot: IMPORTING/MIGRATING, then MIGRATE of
+    /// every key. The slot is left half moved: its keys are on `to`, and the old owner answers
+    /// ASK for them, until [`Cluster::finish_move`].
+    pub fn begin_move(&self, key: &str, to: usize) -> SlotMove {
         let from = self.owner(key);
         assert_ne!(from, to, "{key} is already on node {to}");
         let slot = cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]);
@@ -280,36 +281,38 @@ impl Cluster {
             cli(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
             "OK"
         );
-        between();
         loop {
             let keys = cli(src, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
             if keys.is_empty() {
                 break;
             }
-            let mut args = vec![
-                "MIGRATE".to_string(),
-                "127.0.0.1".into(),
-                dst.to_string(),
-                String::new(),
-                "0".into(),
-                "5000".into(),
-                "AUTH2".into(),
-                USER.into(),
-                PASSWORD.into(),
-                "KEYS".into(),
-            ];
+            let mut args: Vec<String> = ["MIGRATE", "127.0.0.1"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.extend([dst.to_string(), String::new(), "0".into(), "5000".into()]);
+            args.extend(["AUTH2".into(), USER.into(), PASSWORD.into(), "KEYS".into()]);
             args.extend(keys.iter().map(|k| k.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             assert_eq!(cli(src, &args), "OK", "MIGRATE {keys:?}");
         }
+        SlotMove {
+            slot,
+            from,
+            to,
+            dst_id,
+        }
+    }
+
+    /// Ends a move: every node assigns the slot to its new owner (clients get MOVED).
+    pub fn finish_move(&self, m: SlotMove) {
         for n in &self.nodes {
             assert_eq!(
-                cli(n.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]),
+                cli(n.port, &["CLUSTER", "SETSLOT", &m.slot, "NODE", &m.dst_id]),
                 "OK"
             );
         }
-        from
     }
 
     /// Kills node `i` (SIGKILL): its slots are down until [`Cluster::restart`].
@@ -322,6 +325,14 @@ impl Cluster {
         self.nodes[i].start();
         self.wait_ok();
     }
+}
+
+/// A slot half moved by [`Cluster::begin_move`].
+pub struct SlotMove {
+    pub slot: String,
+    pub from: usize,
+    pub to: usize,
+    dst_id: String,
 }
 
 /// A primary, its replica and three sentinels (quorum 2) watching it as [`MASTER`], with a

@@ -16,6 +16,7 @@ mod interop;
 mod operations;
 mod operators;
 mod policy;
+mod redis_ha;
 mod redis_store;
 mod scripts;
 mod trusted_proxy;
