@@ -2,7 +2,8 @@
 # Installs every prerequisite on a Debian machine and runs devicegate's whole test suite:
 # formatting, clippy, a RustSec audit of Cargo.lock, unit tests, and the end-to-end tests
 # against a real OpenID Connect provider (oidc-provider on node) with a real headless Chromium
-# and a real redis-server.
+# and a real redis-server (standalone, a 3-primary cluster, and a primary with a replica and
+# three redis-sentinels).
 #
 #   sudo ./scripts/test.sh        (as root: runs apt-get update, then installs what is missing)
 #
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server nginx-light openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq glewlwyd)
+packages=(cmake build-essential pkg-config curl nodejs npm chromium redis-server redis-sentinel nginx-light openssl python3-pip python3-venv ca-certificates oidc-agent-cli jq glewlwyd)
 . scripts/lib/prerequisites.sh
 need_packages ./scripts/test.sh "${packages[@]}"
 
@@ -20,6 +21,8 @@ command -v cmake >/dev/null || fail "cmake not found: apt-get install cmake (Pin
 command -v node >/dev/null || fail "node not found: apt-get install nodejs npm"
 command -v chromium >/dev/null || fail "chromium not found: apt-get install chromium"
 command -v redis-server >/dev/null || fail "redis-server not found: apt-get install redis-server"
+command -v redis-sentinel >/dev/null || fail "redis-sentinel not found: apt-get install redis-sentinel (the failover tests run three)"
+command -v redis-cli >/dev/null || fail "redis-cli not found: apt-get install redis-tools (the cluster tests create and reshard with it)"
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || fail "nginx not found: apt-get install nginx-light (the trusted-proxy test puts it in front)"
 command -v openssl >/dev/null || fail "openssl not found: apt-get install openssl (the Redis TLS test makes its certificates with it)"
 node_major=$(node -p 'process.versions.node.split(".")[0]')
