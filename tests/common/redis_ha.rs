@@ -72,18 +72,29 @@ pub fn wait_until(what: &str, limit: Duration, ready: impl Fn() -> bool) {
     panic!("{what}: not within {limit:?}");
 }
 
+/// The replicas' own ACL user, allowed replication only.
+const REPLICATOR: &str = "replicator";
+
 fn acl_user() -> Vec<String> {
-    // The default user is off: only the ACL user can do anything.
-    ["--user", "default", "off", "--user", USER, "on"]
+    // The default user is off: only the ACL users can do anything.
+    let mut args: Vec<String> = ["--user", "default", "off", "--user", USER, "on"]
         .iter()
         .map(|s| s.to_string())
-        .chain([
-            format!(">{PASSWORD}"),
-            "~*".into(),
-            "&*".into(),
-            "+@all".into(),
-        ])
-        .collect()
+        .collect();
+    args.extend([
+        format!(">{PASSWORD}"),
+        "~*".into(),
+        "&*".into(),
+        "+@all".into(),
+    ]);
+    args.extend(["--user".into(), REPLICATOR.into(), "on".into()]);
+    args.extend([
+        format!(">{PASSWORD}"),
+        "+psync".into(),
+        "+replconf".into(),
+        "+ping".into(),
+    ]);
+    args
 }
 
 /// One `redis-server`, restartable with the same arguments (and so the same data directory).
@@ -347,7 +358,7 @@ pub struct Sentinels {
 impl Sentinels {
     pub fn start() -> Sentinels {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let auth: Vec<String> = ["--masteruser", USER, "--masterauth", PASSWORD]
+        let auth: Vec<String> = ["--masteruser", REPLICATOR, "--masterauth", PASSWORD]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -436,6 +447,23 @@ impl Sentinels {
 
     pub fn data_ports(&self) -> Vec<u16> {
         self.data.iter().map(|n| n.port).collect()
+    }
+
+    /// Cuts the replica off the primary on `port`: its replication user is switched off there
+    /// and its link closed, so what the primary acknowledges from now on is on the primary
+    /// only, as in the moment before a primary dies with writes not yet replicated.
+    pub fn cut_replication(&self, primary: u16) {
+        assert_eq!(cli(primary, &["ACL", "SETUSER", REPLICATOR, "off"]), "OK");
+        cli(primary, &["CLIENT", "KILL", "USER", REPLICATOR]);
+        let replica = self
+            .data
+            .iter()
+            .map(|n| n.port)
+            .find(|p| *p != primary)
+            .expect("a replica");
+        wait_until("the replica cut off", Duration::from_secs(10), || {
+            cli(replica, &["INFO", "replication"]).contains("master_link_status:down")
+        });
     }
 
     /// Kills the data node on `port` (SIGKILL).

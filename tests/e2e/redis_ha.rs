@@ -103,6 +103,14 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
         redis_ha::cli(replica, &["EXISTS", &key]) == "1"
     });
 
+    // A second device's grant, written after the replica was cut off: the primary has it, the
+    // replica never will, as when a primary dies before replicating its last writes.
+    setup.cut_replication(old);
+    let lost = b.gate.authorize("tv-app", "openid").await;
+    let lost_code = s(&lost["device_code"]).to_string();
+    let (_, what) = poll_checked(&env.gate, &lost_code, &["authorization_pending"]).await;
+    assert_eq!(what, "authorization_pending");
+
     // Kill the primary mid-flow, and poll through the failover.
     let killed = Instant::now();
     setup.kill(old);
@@ -141,6 +149,19 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
     );
     assert!(first_503.is_some(), "no poll saw the outage");
     assert_eq!(setup.primary_port(), Some(replica));
+
+    // The grant that never reached the replica is gone: its device is told to start over
+    // (invalid_grant), and does so on the new primary.
+    let (status, what) = poll_checked(&b.gate, &lost_code, &["invalid_grant"]).await;
+    assert_eq!((status, what.as_str()), (400, "invalid_grant"));
+    let again = b.gate.authorize("tv-app", "openid").await;
+    let (_, what) = poll_checked(
+        &env.gate,
+        s(&again["device_code"]),
+        &["authorization_pending"],
+    )
+    .await;
+    println!("DRILL sentinel: the unreplicated grant's device got {status} invalid_grant, then started over: {what}");
 
     // The flow completes on the promoted primary: approved in a browser on B, delivered once.
     approve_in_browser(&b.gate, "sentinel-failover", &user_code).await;
