@@ -422,9 +422,19 @@ fn link(cfg: &config::Redis, manager_config: &ConnectionManagerConfig) -> Result
             username,
             password,
         } => {
-            let addrs = sentinels
-                .iter()
-                .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+            let addrs = sentinels.iter().map(|(host, port)| {
+                let (host, port) = (host.clone(), *port);
+                if tls {
+                    ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    }
+                } else {
+                    ConnectionAddr::Tcp(host, port)
+                }
+            });
             let mut b = SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
                 .map_err(bad_url)?
                 .set_client_to_redis_db(settings.db());
@@ -1204,6 +1214,61 @@ mod tests {
             RedisStore::new(&ha_options(mode.clone(), url.clone(), &prefix), retain, max).unwrap()
         })
         .await;
+    }
+
+    /// TLS to every node: a Cluster whose nodes (and bus) speak TLS only, and a Sentinel setup
+    /// whose sentinels and data nodes do. The store verifies each against the configured CA:
+    /// with it the conformance suite passes, without it nothing is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn tls_to_every_cluster_node_and_every_sentinel() {
+        let cluster = tokio::task::spawn_blocking(|| redis_ha::Cluster::start_with(true))
+            .await
+            .unwrap();
+        let (url, rest) = cluster.url_with_password(redis_ha::PASSWORD);
+        assert!(url.starts_with("rediss://"));
+        let cluster_mode = RedisMode::Cluster {
+            nodes: nodes(&rest),
+        };
+        let sentinels = tokio::task::spawn_blocking(|| redis_ha::Sentinels::start_with(true))
+            .await
+            .unwrap();
+        let sentinel_mode = RedisMode::Sentinel {
+            master_name: redis_ha::MASTER.into(),
+            sentinels: nodes(&sentinels.addresses()),
+            username: None,
+            password: None,
+        };
+        let sentinel_url = format!(
+            "rediss://{}:{}@{}/0",
+            redis_ha::USER,
+            redis_ha::PASSWORD,
+            redis_ha::MASTER
+        );
+        for (mode, url, tls) in [
+            (cluster_mode, url, &cluster.tls),
+            (sentinel_mode, sentinel_url, &sentinels.tls),
+        ] {
+            let ca = std::fs::read(&tls.as_ref().unwrap().ca).unwrap();
+            let with = |ca_pem: Option<Vec<u8>>, prefix: &str| {
+                let mut cfg = ha_options(mode.clone(), url.clone(), prefix);
+                cfg.ca_pem = ca_pem;
+                cfg.command_timeout = Duration::from_millis(1500);
+                cfg
+            };
+            // The system roots do not know the throwaway CA: refused.
+            let untrusted =
+                RedisStore::new(&with(None, "untrusted:"), Duration::from_secs(60), 10).unwrap();
+            assert!(matches!(
+                untrusted.insert(&grant(0)).await,
+                Err(StoreError::Unavailable(_))
+            ));
+            let n = AtomicUsize::new(0);
+            conformance::run(|retain, max| {
+                let prefix = format!("tls{}:", n.fetch_add(1, Ordering::Relaxed));
+                RedisStore::new(&with(Some(ca.clone()), &prefix), retain, max).unwrap()
+            })
+            .await;
+        }
     }
 
     #[tokio::test]

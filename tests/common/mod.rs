@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod redis_ha;
+pub use redis_ha::test_certificates;
 
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
@@ -1264,67 +1265,6 @@ pub async fn raw_request(url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad status line: {head}"));
     (status, head, out[end + 4..].to_vec())
-}
-
-/// A throwaway CA and a certificate for `localhost` and 127.0.0.1 signed by it, made with the
-/// `openssl` command in `dir`: returns (ca.pem, server.pem, server.key) paths.
-pub fn test_certificates(dir: &Path) -> (String, String, String) {
-    let openssl = |args: &[&str]| {
-        let ok = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "openssl {args:?} failed (apt-get install openssl)");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=devicegate test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext",
-        "-out",
-        "server.pem",
-    ]);
-    let path = |n: &str| dir.join(n).display().to_string();
-    (path("ca.pem"), path("server.pem"), path("server.key"))
 }
 
 /// Runs the demo client (`examples/device_client.rs`, built by `cargo build --example

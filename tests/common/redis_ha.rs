@@ -1,7 +1,9 @@
 //! Real highly available Redis on loopback, for the store's unit tests (included by path from
 //! `src/device/redis.rs`) and for the end-to-end tests: a 3-primary Redis Cluster, and a
-//! Sentinel setup (1 primary, 1 replica, 3 sentinels). Both use an ACL user, `devicegate`, with
-//! the password [`PASSWORD`]; the default user is off. Only the standard library and tempfile.
+//! Sentinel setup (1 primary, 1 replica, 3 sentinels), each in plain TCP or TLS only (every
+//! node, the cluster bus, replication and the sentinels, with a throwaway CA). Both use an ACL
+//! user, `devicegate`, with the password [`PASSWORD`]; the default user is off. Only the standard
+//! library and tempfile.
 
 #![allow(dead_code)]
 
@@ -40,25 +42,77 @@ fn spawn(program: &str, args: &[String], package: &str) -> Child {
         })
 }
 
-/// `redis-cli` as the ACL user against `port`; its output, trimmed.
+/// `redis-cli` as the ACL user against a plain-TCP node on `port`; its output, trimmed.
 pub fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--user", USER])
-        .args(["--pass", PASSWORD, "--no-auth-warning"])
+    run_cli(None, port, true, args)
+}
+
+/// `redis-cli` against a plain-TCP sentinel (no password on the sentinels).
+pub fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    run_cli(None, port, false, args)
+}
+
+/// `redis-cli` against `port`, over TLS verified against `ca` if given, as the ACL user if
+/// `auth`.
+fn run_cli(ca: Option<&str>, port: u16, auth: bool, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if auth {
+        cmd.args(["--user", USER, "--pass", PASSWORD, "--no-auth-warning"]);
+    }
+    if let Some(ca) = ca {
+        cmd.args(["--tls", "--cacert", ca]);
+    }
+    let out = cmd
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): apt-get install redis-tools"));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `redis-cli` against a sentinel (no password on the sentinels).
-pub fn sentinel_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): apt-get install redis-tools"));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+/// TLS for every node: a throwaway CA and one certificate for 127.0.0.1 and localhost.
+#[derive(Clone)]
+pub struct Tls {
+    pub ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Tls {
+    fn make(dir: &Path) -> Tls {
+        let (ca, cert, key) = test_certificates(dir);
+        Tls { ca, cert, key }
+    }
+
+    /// `redis-server` arguments: TLS on `port` and no plain port, for clients, the cluster bus
+    /// and replication.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+        ];
+        for (k, v) in [
+            ("--tls-cert-file", &self.cert),
+            ("--tls-key-file", &self.key),
+            ("--tls-ca-cert-file", &self.ca),
+        ] {
+            args.extend([k.to_string(), v.clone()]);
+        }
+        args.extend(
+            [
+                "--tls-auth-clients",
+                "no",
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+            ]
+            .map(String::from),
+        );
+        args
+    }
 }
 
 pub fn wait_until(what: &str, limit: Duration, ready: impl Fn() -> bool) {
@@ -101,18 +155,22 @@ fn acl_user() -> Vec<String> {
 struct Node {
     port: u16,
     args: Vec<String>,
+    ca: Option<String>,
     child: Option<Child>,
 }
 
 impl Node {
     fn start(&mut self) {
         self.child = Some(spawn("redis-server", &self.args, "redis-server"));
-        let port = self.port;
         wait_until(
-            &format!("redis-server on {port}"),
+            &format!("redis-server on {}", self.port),
             Duration::from_secs(30),
-            || cli(port, &["PING"]) == "PONG",
+            || self.cli(&["PING"]) == "PONG",
         );
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        run_cli(self.ca.as_deref(), self.port, true, args)
     }
 
     fn stop(&mut self) {
@@ -129,24 +187,27 @@ impl Drop for Node {
     }
 }
 
-fn node(dir: &Path, name: &str, port: u16, extra: &[String]) -> Node {
+fn node(dir: &Path, name: &str, port: u16, tls: Option<&Tls>, extra: &[String]) -> Node {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).expect("node directory");
-    let mut args: Vec<String> = vec![
+    let mut args: Vec<String> = match tls {
+        Some(tls) => tls.server_args(port),
+        None => vec!["--port".into(), port.to_string()],
+    };
+    args.extend([
         "--bind".into(),
         "127.0.0.1".into(),
-        "--port".into(),
-        port.to_string(),
         "--dir".into(),
         data.display().to_string(),
         "--save".into(),
         String::new(),
-    ];
+    ]);
     args.extend(acl_user());
     args.extend(extra.iter().cloned());
     Node {
         port,
         args,
+        ca: tls.map(|t| t.ca.clone()),
         child: None,
     }
 }
@@ -155,12 +216,20 @@ fn node(dir: &Path, name: &str, port: u16, extra: &[String]) -> Node {
 /// back with its keys.
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// With TLS: the CA every node's certificate comes from.
+    pub tls: Option<Tls>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    /// With `tls`, every node speaks TLS only, the cluster bus too.
+    pub fn start_with(tls: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let tls = tls.then(|| Tls::make(dir.path()));
         let mut nodes = Vec::new();
         for i in 0..3 {
             let port = free_pair();
@@ -184,7 +253,7 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            let mut n = node(dir.path(), &format!("node{i}"), port, &extra);
+            let mut n = node(dir.path(), &format!("node{i}"), port, tls.as_ref(), &extra);
             n.start();
             nodes.push(n);
         }
@@ -192,7 +261,11 @@ impl Cluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(tls) = &tls {
+            create.args(["--tls", "--cacert", &tls.ca]);
+        }
+        let out = create
             .args([
                 "--user",
                 USER,
@@ -211,7 +284,11 @@ impl Cluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let c = Cluster { nodes, _dir: dir };
+        let c = Cluster {
+            nodes,
+            tls,
+            _dir: dir,
+        };
         c.wait_ok();
         c
     }
@@ -219,12 +296,11 @@ impl Cluster {
     /// Until every node says the cluster is up and knows all three primaries.
     pub fn wait_ok(&self) {
         for n in &self.nodes {
-            let port = n.port;
             wait_until(
-                &format!("cluster_state:ok on {port}"),
+                &format!("cluster_state:ok on {}", n.port),
                 Duration::from_secs(60),
                 || {
-                    let info = cli(port, &["CLUSTER", "INFO"]);
+                    let info = n.cli(&["CLUSTER", "INFO"]);
                     info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
                 },
             );
@@ -235,9 +311,17 @@ impl Cluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
-    /// `redis://devicegate:…@127.0.0.1:<first node>`, and the other nodes as `host:port`.
+    /// `redis[s]://devicegate:…@127.0.0.1:<first node>`, and the other nodes as `host:port`.
     pub fn url_with_password(&self, password: &str) -> (String, Vec<String>) {
-        let url = format!("redis://{USER}:{password}@127.0.0.1:{}", self.nodes[0].port);
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let url = format!(
+            "{scheme}://{USER}:{password}@127.0.0.1:{}",
+            self.nodes[0].port
+        );
         let rest = self.nodes[1..]
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -246,13 +330,13 @@ impl Cluster {
     }
 
     fn id(&self, i: usize) -> String {
-        cli(self.nodes[i].port, &["CLUSTER", "MYID"])
+        self.nodes[i].cli(&["CLUSTER", "MYID"])
     }
 
     /// The index of the node that serves `key`'s slot.
     pub fn owner(&self, key: &str) -> usize {
-        let slot = cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]);
-        let nodes = cli(self.nodes[0].port, &["CLUSTER", "NODES"]);
+        let slot = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
         let slot: u32 = slot.parse().expect("a slot number");
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -281,19 +365,19 @@ impl Cluster {
     pub fn begin_move(&self, key: &str, to: usize) -> SlotMove {
         let from = self.owner(key);
         assert_ne!(from, to, "{key} is already on node {to}");
-        let slot = cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key]);
-        let (src, dst) = (self.nodes[from].port, self.nodes[to].port);
+        let slot = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
+        let (src, dst) = (&self.nodes[from], &self.nodes[to]);
         let (src_id, dst_id) = (self.id(from), self.id(to));
         assert_eq!(
-            cli(dst, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]),
+            dst.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]),
             "OK"
         );
         assert_eq!(
-            cli(src, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
+            src.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]),
             "OK"
         );
         loop {
-            let keys = cli(src, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys = src.cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
             let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
             if keys.is_empty() {
                 break;
@@ -302,11 +386,16 @@ impl Cluster {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            args.extend([dst.to_string(), String::new(), "0".into(), "5000".into()]);
+            args.extend([
+                dst.port.to_string(),
+                String::new(),
+                "0".into(),
+                "5000".into(),
+            ]);
             args.extend(["AUTH2".into(), USER.into(), PASSWORD.into(), "KEYS".into()]);
             args.extend(keys.iter().map(|k| k.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            assert_eq!(cli(src, &args), "OK", "MIGRATE {keys:?}");
+            assert_eq!(src.cli(&args), "OK", "MIGRATE {keys:?}");
         }
         SlotMove {
             slot,
@@ -320,7 +409,7 @@ impl Cluster {
     pub fn finish_move(&self, m: SlotMove) {
         for n in &self.nodes {
             assert_eq!(
-                cli(n.port, &["CLUSTER", "SETSLOT", &m.slot, "NODE", &m.dst_id]),
+                n.cli(&["CLUSTER", "SETSLOT", &m.slot, "NODE", &m.dst_id]),
                 "OK"
             );
         }
@@ -352,36 +441,54 @@ pub struct Sentinels {
     data: Vec<Node>,
     sentinels: Vec<Child>,
     pub sentinel_ports: Vec<u16>,
+    /// With TLS: the CA every node's and sentinel's certificate comes from.
+    pub tls: Option<Tls>,
     dir: tempfile::TempDir,
 }
 
 impl Sentinels {
     pub fn start() -> Sentinels {
+        Sentinels::start_with(false)
+    }
+
+    /// With `tls`, the data nodes (replication too) and the sentinels speak TLS only.
+    pub fn start_with(tls: bool) -> Sentinels {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let tls = tls.then(|| Tls::make(dir.path()));
         let auth: Vec<String> = ["--masteruser", REPLICATOR, "--masterauth", PASSWORD]
             .iter()
             .map(|s| s.to_string())
             .collect();
         let p0 = free_pair();
-        let mut primary = node(dir.path(), "primary", p0, &auth);
+        let mut primary = node(dir.path(), "primary", p0, tls.as_ref(), &auth);
         primary.start();
         let p1 = free_pair();
         let mut extra = auth.clone();
         extra.extend(["--replicaof".into(), "127.0.0.1".into(), p0.to_string()]);
-        let mut replica = node(dir.path(), "replica", p1, &extra);
+        let mut replica = node(dir.path(), "replica", p1, tls.as_ref(), &extra);
         replica.start();
         wait_until("the replica in sync", Duration::from_secs(30), || {
-            cli(p1, &["INFO", "replication"]).contains("master_link_status:up")
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
         });
         let mut sentinels = Vec::new();
         let mut sentinel_ports = Vec::new();
         for i in 0..3 {
             let port = free_pair();
             let conf = dir.path().join(format!("sentinel{i}.conf"));
+            let listen = match &tls {
+                Some(t) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    t.cert, t.key, t.ca
+                ),
+                None => format!("port {port}\n"),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                    "{listen}bind 127.0.0.1\ndir {dir}\n\
                      sentinel monitor {MASTER} 127.0.0.1 {p0} 2\n\
                      sentinel down-after-milliseconds {MASTER} 1500\n\
                      sentinel failover-timeout {MASTER} 10000\n\
@@ -403,6 +510,7 @@ impl Sentinels {
             data: vec![primary, replica],
             sentinels,
             sentinel_ports,
+            tls,
             dir,
         };
         // A failover needs every sentinel to know the replica and the other sentinels.
@@ -411,7 +519,7 @@ impl Sentinels {
                 &format!("sentinel {port} knows the replica and the other sentinels"),
                 Duration::from_secs(60),
                 || {
-                    let m = sentinel_cli(port, &["SENTINEL", "MASTER", MASTER]);
+                    let m = s.sentinel_on(port, &["SENTINEL", "MASTER", MASTER]);
                     let field = |name: &str| {
                         let lines: Vec<&str> = m.lines().collect();
                         lines
@@ -438,7 +546,7 @@ impl Sentinels {
 
     /// The port the sentinels name as the primary now.
     pub fn primary_port(&self) -> Option<u16> {
-        let out = sentinel_cli(
+        let out = self.sentinel_on(
             self.sentinel_ports[0],
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER],
         );
@@ -449,12 +557,25 @@ impl Sentinels {
         self.data.iter().map(|n| n.port).collect()
     }
 
+    /// `redis-cli` as the ACL user against the data node on `port`.
+    pub fn data_cli(&self, port: u16, args: &[&str]) -> String {
+        run_cli(self.tls.as_ref().map(|t| t.ca.as_str()), port, true, args)
+    }
+
+    /// `redis-cli` against the sentinel on `port`.
+    pub fn sentinel_on(&self, port: u16, args: &[&str]) -> String {
+        run_cli(self.tls.as_ref().map(|t| t.ca.as_str()), port, false, args)
+    }
+
     /// Cuts the replica off the primary on `port`: its replication user is switched off there
     /// and its link closed, so what the primary acknowledges from now on is on the primary
     /// only, as in the moment before a primary dies with writes not yet replicated.
     pub fn cut_replication(&self, primary: u16) {
-        assert_eq!(cli(primary, &["ACL", "SETUSER", REPLICATOR, "off"]), "OK");
-        cli(primary, &["CLIENT", "KILL", "USER", REPLICATOR]);
+        assert_eq!(
+            self.data_cli(primary, &["ACL", "SETUSER", REPLICATOR, "off"]),
+            "OK"
+        );
+        self.data_cli(primary, &["CLIENT", "KILL", "USER", REPLICATOR]);
         let replica = self
             .data
             .iter()
@@ -462,7 +583,8 @@ impl Sentinels {
             .find(|p| *p != primary)
             .expect("a replica");
         wait_until("the replica cut off", Duration::from_secs(10), || {
-            cli(replica, &["INFO", "replication"]).contains("master_link_status:down")
+            self.data_cli(replica, &["INFO", "replication"])
+                .contains("master_link_status:down")
         });
     }
 
@@ -492,4 +614,65 @@ impl Drop for Sentinels {
             let _ = c.wait();
         }
     }
+}
+
+/// A throwaway CA and a certificate for `localhost` and 127.0.0.1 signed by it, made with the
+/// `openssl` command in `dir`: returns (ca.pem, server.pem, server.key) paths.
+pub fn test_certificates(dir: &Path) -> (String, String, String) {
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "openssl {args:?} failed (apt-get install openssl)");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=devicegate test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+        "-out",
+        "server.pem",
+    ]);
+    let path = |n: &str| dir.join(n).display().to_string();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
 }
