@@ -109,12 +109,25 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KE
 return 'ok'
 ";
 
-/// KEYS: an index key. ARGV: the grant key prefix. Follows the index to the grant in one trip
-/// (one primary only: in a Cluster the grant is on another slot).
-const GET_BY_INDEX: &str = r"
-local h = redis.call('GET', KEYS[1])
-if not h then return false end
-return redis.call('GET', ARGV[1] .. h)
+/// One primary only (in a Cluster these keys are on different slots). KEYS: a key that may hold
+/// the grant itself (optional), then an index whose value `v` names the grant at `ARGV[1] .. v`.
+/// ARGV: the grant key prefix. Returns the grant's key and JSON, in one trip.
+///
+/// The layout before Sentinel and Cluster support kept grants under their id, with a `dc:`
+/// index from the device-code hash, and `uc:` naming the id; lookups still find those grants
+/// (`grant:{id}` directly, or through `dc:`/`uc:`), so logins pending during a rolling upgrade
+/// go on. They are all gone one grant lifetime + 5 minutes after the upgrade.
+const LOAD: &str = r"
+if #KEYS == 2 then
+  local g = redis.call('GET', KEYS[1])
+  if g then return {KEYS[1], g} end
+end
+local v = redis.call('GET', KEYS[#KEYS])
+if not v then return false end
+local k = ARGV[1] .. v
+local g = redis.call('GET', k)
+if g then return {k, g} end
+return false
 ";
 
 /// KEYS: grant. ARGV: the JSON that was read, the new JSON. Writes only if nothing changed
@@ -226,7 +239,7 @@ struct Scripts {
     admit: Script,
     insert: Script,
     reserve: Script,
-    get_by_index: Script,
+    load: Script,
     compare_and_set: Script,
     count: Script,
     secret: Script,
@@ -300,9 +313,15 @@ struct Sentinel {
 }
 
 impl Sentinel {
-    /// Asks the sentinels for the primary, and opens a new pool when it moved.
-    async fn resolve(&self) -> Result<Arc<Vec<ConnectionManager>>, StoreError> {
+    /// Asks the sentinels for the primary, and opens a new pool when it moved. Unless
+    /// `always`, a request that waited for another one's answer takes that answer.
+    async fn resolve(&self, always: bool) -> Result<Arc<Vec<ConnectionManager>>, StoreError> {
         let mut client = self.client.lock().await;
+        if !always && !self.suspect.load(Ordering::Relaxed) {
+            if let Some((_, pool)) = self.current.read().ok().and_then(|c| c.clone()) {
+                return Ok(pool);
+            }
+        }
         // The sentinels name the primary, and the primary confirms its role (ROLE).
         let primary = client.async_get_client().await.map_err(|e| {
             StoreError::Unavailable(format!(
@@ -362,13 +381,13 @@ impl Sentinel {
                     // demoted to a replica): look in the background, not in this request.
                     let me = Arc::clone(self);
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(SENTINEL_RECHECK, me.resolve()).await;
+                        let _ = tokio::time::timeout(SENTINEL_RECHECK, me.resolve(true)).await;
                         me.checking.store(false, Ordering::Release);
                     });
                 }
                 Ok(pool)
             }
-            _ => self.resolve().await,
+            _ => self.resolve(false).await,
         }
     }
 }
@@ -537,7 +556,7 @@ impl RedisStore {
                 admit: Script::new(ADMIT),
                 insert: Script::new(INSERT),
                 reserve: Script::new(RESERVE),
-                get_by_index: Script::new(GET_BY_INDEX),
+                load: Script::new(LOAD),
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 count: Script::new(COUNT),
                 secret: Script::new(SECRET),
@@ -610,22 +629,36 @@ impl RedisStore {
         out
     }
 
-    /// The stored JSON of the grant behind `key`.
-    async fn load(&self, conn: &mut Conn, key: Key<'_>) -> Result<Option<String>, StoreError> {
-        let index = match key {
-            Key::DeviceCodeHash(h) => return get(conn, self.key("grant:", h)).await,
-            Key::Id(id) => self.key("id:", id),
-            Key::UserCode(c) => self.key("uc:", c),
-        };
+    /// The key and stored JSON of the grant behind `key`.
+    async fn load(
+        &self,
+        conn: &mut Conn,
+        key: Key<'_>,
+    ) -> Result<Option<(String, String)>, StoreError> {
         if self.clustered() {
+            let index = match key {
+                Key::DeviceCodeHash(h) => {
+                    let at = self.key("grant:", h);
+                    return Ok(get(conn, at.clone()).await?.map(|json| (at, json)));
+                }
+                Key::Id(id) => self.key("id:", id),
+                Key::UserCode(c) => self.key("uc:", c),
+            };
             return match get(conn, index).await? {
-                Some(hash) => get(conn, self.key("grant:", &hash)).await,
+                Some(hash) => {
+                    let at = self.key("grant:", &hash);
+                    Ok(get(conn, at.clone()).await?.map(|json| (at, json)))
+                }
                 None => Ok(None),
             };
         }
-        self.scripts
-            .get_by_index
-            .key(index)
+        let mut script = self.scripts.load.prepare_invoke();
+        match key {
+            Key::DeviceCodeHash(h) => script.key(self.key("grant:", h)).key(self.key("dc:", h)),
+            Key::Id(id) => script.key(self.key("grant:", id)).key(self.key("id:", id)),
+            Key::UserCode(c) => script.key(self.key("uc:", c)),
+        };
+        script
             .arg(self.key("grant:", ""))
             .invoke_async(conn)
             .await
@@ -731,7 +764,7 @@ impl RedisStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(read) = self.load(&mut conn, key).await? else {
+            let Some((at, read)) = self.load(&mut conn, key).await? else {
                 return Ok(false);
             };
             let before = from_json(&read)?;
@@ -743,7 +776,7 @@ impl RedisStore {
             let written: i64 = self
                 .scripts
                 .compare_and_set
-                .key(self.key("grant:", &before.device_code_hash))
+                .key(&at)
                 .arg(&read)
                 .arg(to_json(&grant)?)
                 .invoke_async(&mut conn)
@@ -824,7 +857,7 @@ impl Store for RedisStore {
         self.bounded(async {
             let mut conn = self.conn().await?;
             match self.load(&mut conn, key).await? {
-                Some(json) => from_json(&json).map(Some),
+                Some((_, json)) => from_json(&json).map(Some),
                 None => Ok(None),
             }
         })
@@ -1269,6 +1302,80 @@ mod tests {
             })
             .await;
         }
+    }
+
+    /// A rolling upgrade: grants that the release before wrote (under their id, with `dc:` and
+    /// `uc:` naming the id) are still found by every key, updated where they are, listed and
+    /// counted, and keep their user code.
+    #[tokio::test]
+    async fn grants_in_the_layout_before_are_still_served() {
+        let server = Server::start();
+        let store = RedisStore::new(
+            &options(&server.url(), "dg:", 2000),
+            Duration::from_secs(900),
+            10,
+        )
+        .unwrap();
+        let g = grant(1000);
+        let mut conn = store.conn().await.unwrap();
+        let json = serde_json::to_string(&g).unwrap();
+        for (key, value) in [
+            (format!("dg:grant:{}", g.id), json.as_str()),
+            (format!("dg:dc:{}", g.device_code_hash), g.id.as_str()),
+            (format!("dg:uc:{}", g.user_code), g.id.as_str()),
+        ] {
+            let _: () = redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(900_000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let _: i64 = redis::cmd("ZADD")
+            .arg("dg:live")
+            .arg(9_000_000_000_000_i64)
+            .arg(&g.id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        for key in [
+            Key::DeviceCodeHash(&g.device_code_hash),
+            Key::UserCode(&g.user_code),
+            Key::Id(&g.id),
+        ] {
+            assert_eq!(store.get(key).await.unwrap(), Some(g.clone()), "{key:?}");
+        }
+        assert!(store
+            .update(Key::DeviceCodeHash(&g.device_code_hash), &mut |g| g
+                .last_poll =
+                Some(1001))
+            .await
+            .unwrap());
+        let stored: String = redis::cmd("GET")
+            .arg(format!("dg:grant:{}", g.id))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(from_json(&stored).unwrap().last_poll, Some(1001));
+        let moved: i64 = redis::cmd("EXISTS")
+            .arg(format!("dg:grant:{}", g.device_code_hash))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(moved, 0, "updated where it is, not copied");
+        assert_eq!(store.count().await.unwrap(), 1);
+        assert_eq!(store.list().await.unwrap().len(), 1);
+
+        let mut same_code = grant(1000);
+        same_code.id = "new".into();
+        same_code.device_code_hash = "newhash".into();
+        assert!(matches!(
+            store.insert(&same_code).await,
+            Err(StoreError::UserCodeTaken)
+        ));
     }
 
     #[tokio::test]
