@@ -111,6 +111,34 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
     let (_, what) = poll_checked(&env.gate, &lost_code, &["authorization_pending"]).await;
     assert_eq!(what, "authorization_pending");
 
+    // A prober beside the device: every 100 ms a poll with an unknown device code, whose
+    // correct answer needs the store (invalid_grant), to time the outage to a tenth of a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (gate, stop) = (
+            Gate {
+                url: env.url.clone(),
+                http: env.http.clone(),
+            },
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let form = [
+                    ("grant_type", DEVICE_GRANT),
+                    ("device_code", "no-such-device-code"),
+                    ("client_id", "tv-app"),
+                ];
+                let (status, _, body) = gate.post_form("/token", &form).await;
+                seen.push((started.elapsed(), status, s(&body["error"]).to_string()));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (started, seen)
+        })
+    };
+
     // Kill the primary mid-flow, and poll through the failover.
     let killed = Instant::now();
     setup.kill(old);
@@ -149,6 +177,29 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
     );
     assert!(first_503.is_some(), "no poll saw the outage");
     assert_eq!(setup.primary_port(), Some(replica));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (probe_start, seen) = prober.await.unwrap();
+    let at = |d: Duration| (probe_start + d).saturating_duration_since(killed);
+    let mut down = (None, None);
+    for (when, status, error) in &seen {
+        let ok = matches!(
+            (status, error.as_str()),
+            (400, "invalid_grant") | (503, "temporarily_unavailable")
+        );
+        assert!(ok, "the prober got {status} {error}");
+        if *status == 503 {
+            down.0.get_or_insert(at(*when));
+            down.1 = Some(at(*when));
+        }
+    }
+    let unavailable = seen.iter().filter(|(_, status, _)| *status == 503).count();
+    println!(
+        "DRILL sentinel prober (every 100 ms, {} answers: {unavailable} × 503 temporarily_unavailable, \
+         the rest invalid_grant): 503 from {:?} to {:?} after the kill",
+        seen.len(),
+        down.0,
+        down.1
+    );
 
     // The grant that never reached the replica is gone: its device is told to start over
     // (invalid_grant), and does so on the new primary.
