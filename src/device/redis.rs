@@ -1224,23 +1224,29 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn conformance_through_sentinels() {
-        let setup = tokio::task::spawn_blocking(redis_ha::Sentinels::start)
-            .await
-            .unwrap();
+    /// The mode and URL reaching `setup`'s primary as the ACL user, over TLS if it has TLS.
+    fn through_sentinels(setup: &redis_ha::Sentinels) -> (RedisMode, String) {
         let mode = RedisMode::Sentinel {
             master_name: redis_ha::MASTER.into(),
             sentinels: nodes(&setup.addresses()),
             username: None,
             password: None,
         };
-        let url = format!(
-            "redis://{}:{}@{}/0",
-            redis_ha::USER,
-            redis_ha::PASSWORD,
-            redis_ha::MASTER
-        );
+        let scheme = if setup.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let (user, password, master) = (redis_ha::USER, redis_ha::PASSWORD, redis_ha::MASTER);
+        (mode, format!("{scheme}://{user}:{password}@{master}/0"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conformance_through_sentinels() {
+        let setup = tokio::task::spawn_blocking(redis_ha::Sentinels::start)
+            .await
+            .unwrap();
+        let (mode, url) = through_sentinels(&setup);
         let n = AtomicUsize::new(0);
         conformance::run(|retain, max| {
             let prefix = format!("t{}:", n.fetch_add(1, Ordering::Relaxed));
@@ -1265,18 +1271,7 @@ mod tests {
         let sentinels = tokio::task::spawn_blocking(|| redis_ha::Sentinels::start_with(true))
             .await
             .unwrap();
-        let sentinel_mode = RedisMode::Sentinel {
-            master_name: redis_ha::MASTER.into(),
-            sentinels: nodes(&sentinels.addresses()),
-            username: None,
-            password: None,
-        };
-        let sentinel_url = format!(
-            "rediss://{}:{}@{}/0",
-            redis_ha::USER,
-            redis_ha::PASSWORD,
-            redis_ha::MASTER
-        );
+        let (sentinel_mode, sentinel_url) = through_sentinels(&sentinels);
         for (mode, url, tls) in [
             (cluster_mode, url, &cluster.tls),
             (sentinel_mode, sentinel_url, &sentinels.tls),

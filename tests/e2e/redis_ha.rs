@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use devicegate::device::code::hash_device_code;
 
 use crate::common::redis_ha::{self, Cluster, Sentinels};
-use crate::common::{approve_in_browser, s, Env, Gate, Options, DEVICE_GRANT};
+use crate::common::{approve_in_browser, s, Env, Gate, Instance, Options, DEVICE_GRANT};
 
 /// One device poll, 1.1 s after this test's previous one (never too fast for the 1 s
 /// interval, whichever instance answered it), checked: a 503 must be `temporarily_unavailable` with `Retry-After`, and
@@ -41,8 +41,32 @@ async fn poll_checked(gate: &Gate, device_code: &str, expected: &[&str]) -> (u16
     (status, what)
 }
 
-fn store_yaml(redis: &str) -> String {
-    format!("  backend: redis\n  redis:\n{redis}    command_timeout_ms: 500\n")
+/// A gateway (A) and a second instance (B) on the Redis store `redis` describes, and a flow
+/// authorized on A and polled on B: (A, B, device code, user code).
+async fn two_instances_with_a_flow(redis: &str) -> (Env, Instance, String, String) {
+    let env = Env::start(Options {
+        store: Some(format!(
+            "  backend: redis\n  redis:\n{redis}    command_timeout_ms: 500\n"
+        )),
+        ..Options::default()
+    })
+    .await;
+    let b = env.start_instance("gateway-b");
+    let dev = env.authorize("tv-app", "openid profile").await;
+    let device_code = s(&dev["device_code"]).to_string();
+    let user_code = s(&dev["user_code"]).to_string();
+    let (status, what) = poll_checked(&b.gate, &device_code, &["authorization_pending"]).await;
+    assert_eq!((status, what.as_str()), (400, "authorization_pending"));
+    (env, b, device_code, user_code)
+}
+
+/// The flow ends: approved in a browser on B, its tokens delivered on A, then never again.
+async fn complete_once(env: &Env, b: &Instance, device_code: &str, user_code: &str, name: &str) {
+    approve_in_browser(&b.gate, name, user_code).await;
+    let (status, what) = poll_checked(&env.gate, device_code, &["tokens"]).await;
+    assert_eq!((status, what.as_str()), (200, "tokens"));
+    let (_, what) = poll_checked(&b.gate, device_code, &["invalid_grant"]).await;
+    assert_eq!(what, "invalid_grant");
 }
 
 /// Polls `gate` until `done` says the
@@ -75,24 +99,13 @@ async fn ride_out(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
     let mut setup = tokio::task::spawn_blocking(Sentinels::start).await.unwrap();
-    let store = store_yaml(&format!(
+    let (env, b, device_code, user_code) = two_instances_with_a_flow(&format!(
         "    mode: sentinel\n    url: redis://{}:${{REDIS_PASSWORD}}@{}/0\n    sentinels: [{}]\n",
         redis_ha::USER,
         redis_ha::MASTER,
         setup.addresses().join(", ")
-    ));
-    let env = Env::start(Options {
-        store: Some(store),
-        ..Options::default()
-    })
+    ))
     .await;
-    let b = env.start_instance("gateway-b");
-
-    let dev = env.authorize("tv-app", "openid profile").await;
-    let device_code = s(&dev["device_code"]).to_string();
-    let user_code = s(&dev["user_code"]).to_string();
-    let (status, what) = poll_checked(&b.gate, &device_code, &["authorization_pending"]).await;
-    assert_eq!((status, what.as_str()), (400, "authorization_pending"));
 
     // The grant has reached the replica (asynchronous replication, quick on loopback): the
     // failover must keep it. A grant that had not would be lost (see README).
@@ -214,12 +227,8 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
     .await;
     println!("DRILL sentinel: the unreplicated grant's device got {status} invalid_grant, then started over: {what}");
 
-    // The flow completes on the promoted primary: approved in a browser on B, delivered once.
-    approve_in_browser(&b.gate, "sentinel-failover", &user_code).await;
-    let (status, what) = poll_checked(&env.gate, &device_code, &["tokens"]).await;
-    assert_eq!((status, what.as_str()), (200, "tokens"));
-    let (_, what) = poll_checked(&b.gate, &device_code, &["invalid_grant"]).await;
-    assert_eq!(what, "invalid_grant");
+    // The flow completes on the promoted primary.
+    complete_once(&env, &b, &device_code, &user_code, "sentinel-failover").await;
 
     // The old primary comes back as a replica of the new one; new flows go on meanwhile.
     setup.restart(old);
@@ -248,22 +257,11 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
 async fn a_cluster_serves_one_flow_through_a_reshard_and_a_node_restart() {
     let mut cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
     let (url, rest) = cluster.url_with_password("${REDIS_PASSWORD}");
-    let store = store_yaml(&format!(
+    let (env, b, device_code, user_code) = two_instances_with_a_flow(&format!(
         "    mode: cluster\n    url: {url}\n    nodes: [{}]\n",
         rest.join(", ")
-    ));
-    let env = Env::start(Options {
-        store: Some(store),
-        ..Options::default()
-    })
+    ))
     .await;
-    let b = env.start_instance("gateway-b");
-
-    let dev = env.authorize("tv-app", "openid profile").await;
-    let device_code = s(&dev["device_code"]).to_string();
-    let user_code = s(&dev["user_code"]).to_string();
-    let (_, what) = poll_checked(&b.gate, &device_code, &["authorization_pending"]).await;
-    assert_eq!(what, "authorization_pending");
 
     // Reshard the grant's slot to another node while both instances serve the flow: polls
     // while the slot is half moved (ASK), and after it moved (MOVED).
@@ -316,12 +314,7 @@ async fn a_cluster_serves_one_flow_through_a_reshard_and_a_node_restart() {
          {recovered:?} ({polls} poll)"
     );
 
-    // The flow completes: approved in a browser on B, the tokens delivered once on A.
-    approve_in_browser(&b.gate, "cluster-flow", &user_code).await;
-    let (status, what) = poll_checked(&env.gate, &device_code, &["tokens"]).await;
-    assert_eq!((status, what.as_str()), (200, "tokens"));
-    let (_, what) = poll_checked(&b.gate, &device_code, &["invalid_grant"]).await;
-    assert_eq!(what, "invalid_grant");
+    complete_once(&env, &b, &device_code, &user_code, "cluster-flow").await;
 
     // Grants of new flows spread over the three primaries.
     let mut owners = std::collections::BTreeSet::new();
