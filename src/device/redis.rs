@@ -46,8 +46,9 @@
 //! `store.redis.command_timeout_ms`; past it, or when Redis refuses the connection, the store
 //! answers [`StoreError::Unavailable`], which devices see as 503 `temporarily_unavailable`.
 //! Connections are re-opened by themselves once Redis is back. With Sentinel, a failed
-//! operation makes the next one ask the sentinels which server is the primary now, and every
-//! second the store asks in the background too, so a promoted replica is followed within
+//! operation makes the next one ask the sentinels which server is the primary now (all at
+//! once: the first to name a server that confirms it is primary wins, so one hung sentinel
+//! holds up nothing), and every second the store asks in the background too, so a promoted replica is followed within
 //! about a second of the sentinels' agreeing on it. A Cluster connection follows `MOVED` and
 //! `ASK` redirections and refreshes its slot map by itself.
 
@@ -299,7 +300,10 @@ enum Link {
 
 /// The primary that the sentinels name, and the pool open to it.
 struct Sentinel {
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// One client per sentinel.
+    clients: Vec<tokio::sync::Mutex<SentinelClient>>,
+    /// One lookup at a time; requests that waited take its answer.
+    lookup: tokio::sync::Mutex<()>,
     manager_config: ConnectionManagerConfig,
     pool_size: usize,
     master_name: String,
@@ -316,20 +320,13 @@ impl Sentinel {
     /// Asks the sentinels for the primary, and opens a new pool when it moved. Unless
     /// `always`, a request that waited for another one's answer takes that answer.
     async fn resolve(&self, always: bool) -> Result<Arc<Vec<ConnectionManager>>, StoreError> {
-        let mut client = self.client.lock().await;
+        let _one = self.lookup.lock().await;
         if !always && !self.suspect.load(Ordering::Relaxed) {
             if let Some((_, pool)) = self.current.read().ok().and_then(|c| c.clone()) {
                 return Ok(pool);
             }
         }
-        // The sentinels name the primary, and the primary confirms its role (ROLE).
-        let primary = client.async_get_client().await.map_err(|e| {
-            StoreError::Unavailable(format!(
-                "redis sentinel: no primary '{}' known to the sentinels: {e}",
-                self.master_name
-            ))
-        })?;
-        drop(client);
+        let primary = self.ask_sentinels().await?;
         if let Ok(mut at) = self.checked_at.lock() {
             *at = Instant::now();
         }
@@ -365,6 +362,28 @@ impl Sentinel {
             }
         }
         Ok(pool)
+    }
+
+    /// Every sentinel at once; the first to name a primary that confirms its role (the driver
+    /// checks the sentinel's flags and the server's `ROLE`) wins, the others are dropped.
+    async fn ask_sentinels(&self) -> Result<redis::Client, StoreError> {
+        let mut asks: futures_util::stream::FuturesUnordered<_> = self
+            .clients
+            .iter()
+            .map(|c| async move { c.lock().await.async_get_client().await })
+            .collect();
+        let mut last = None;
+        while let Some(answer) = asks.next().await {
+            match answer {
+                Ok(primary) => return Ok(primary),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "redis sentinel: no primary '{}' known to the sentinels{}",
+            self.master_name,
+            last.map(|e| format!(": {e}")).unwrap_or_default()
+        )))
     }
 
     async fn pool(self: &Arc<Self>) -> Result<Arc<Vec<ConnectionManager>>, StoreError> {
@@ -441,46 +460,54 @@ fn link(cfg: &config::Redis, manager_config: &ConnectionManagerConfig) -> Result
             username,
             password,
         } => {
-            let addrs = sentinels.iter().map(|(host, port)| {
-                let (host, port) = (host.clone(), *port);
-                if tls {
+            // One client per sentinel, asked all at once: a sentinel that hangs (accepts, never
+            // answers) must not hold up the others' answer.
+            let one = |host: &str, port: u16| {
+                let addr = if tls {
                     ConnectionAddr::TcpTls {
-                        host,
+                        host: host.to_string(),
                         port,
                         insecure: false,
                         tls_params: None,
                     }
                 } else {
-                    ConnectionAddr::Tcp(host, port)
+                    ConnectionAddr::Tcp(host.to_string(), port)
+                };
+                let mut b =
+                    SentinelClientBuilder::new([addr], master_name, SentinelServerType::Master)?
+                        .set_client_to_redis_db(settings.db());
+                if let Some(user) = settings.username() {
+                    b = b.set_client_to_redis_username(user);
                 }
-            });
-            let mut b = SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
-                .map_err(bad_url)?
-                .set_client_to_redis_db(settings.db());
-            if let Some(user) = settings.username() {
-                b = b.set_client_to_redis_username(user);
-            }
-            if let Some(pass) = settings.password() {
-                b = b.set_client_to_redis_password(pass);
-            }
-            if let Some(user) = username {
-                b = b.set_client_to_sentinel_username(user);
-            }
-            if let Some(pass) = password {
-                b = b.set_client_to_sentinel_password(pass.expose());
-            }
-            if tls {
-                b = b
-                    .set_client_to_redis_tls_mode(TlsMode::Secure)
-                    .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-                if let Some(certs) = certificates(cfg) {
+                if let Some(pass) = settings.password() {
+                    b = b.set_client_to_redis_password(pass);
+                }
+                if let Some(user) = username {
+                    b = b.set_client_to_sentinel_username(user);
+                }
+                if let Some(pass) = password {
+                    b = b.set_client_to_sentinel_password(pass.expose());
+                }
+                if tls {
                     b = b
-                        .set_client_to_redis_certificates(certs.clone())
-                        .set_client_to_sentinel_certificates(certs);
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                    if let Some(certs) = certificates(cfg) {
+                        b = b
+                            .set_client_to_redis_certificates(certs.clone())
+                            .set_client_to_sentinel_certificates(certs);
+                    }
                 }
-            }
+                b.build().map(tokio::sync::Mutex::new)
+            };
+            let clients = sentinels
+                .iter()
+                .map(|(host, port)| one(host, *port))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad_url)?;
             Link::Sentinel(Arc::new(Sentinel {
-                client: tokio::sync::Mutex::new(b.build().map_err(bad_url)?),
+                clients,
+                lookup: tokio::sync::Mutex::new(()),
                 manager_config: manager_config.clone(),
                 pool_size: cfg.pool_size,
                 master_name: master_name.clone(),

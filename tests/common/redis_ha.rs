@@ -440,6 +440,7 @@ pub struct SlotMove {
 pub struct Sentinels {
     data: Vec<Node>,
     sentinels: Vec<Child>,
+    frozen: Vec<bool>,
     pub sentinel_ports: Vec<u16>,
     /// With TLS: the CA every node's and sentinel's certificate comes from.
     pub tls: Option<Tls>,
@@ -509,6 +510,7 @@ impl Sentinels {
         let s = Sentinels {
             data: vec![primary, replica],
             sentinels,
+            frozen: vec![false; 3],
             sentinel_ports,
             tls,
             dir,
@@ -544,10 +546,40 @@ impl Sentinels {
             .collect()
     }
 
-    /// The port the sentinels name as the primary now.
+    /// Freezes sentinel `i` (SIGSTOP): it accepts connections and answers nothing.
+    pub fn freeze(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+        self.frozen[i] = true;
+    }
+
+    pub fn thaw(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+        self.frozen[i] = false;
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.sentinels[i].id().to_string();
+        let ok = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid} failed");
+    }
+
+    /// A sentinel that is not frozen.
+    pub fn awake_sentinel(&self) -> u16 {
+        let i = self
+            .frozen
+            .iter()
+            .position(|f| !f)
+            .expect("a sentinel awake");
+        self.sentinel_ports[i]
+    }
+
+    /// The port the (awake) sentinels name as the primary now.
     pub fn primary_port(&self) -> Option<u16> {
         let out = self.sentinel_on(
-            self.sentinel_ports[0],
+            self.awake_sentinel(),
             &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER],
         );
         out.lines().nth(1).and_then(|p| p.parse().ok())
@@ -609,6 +641,7 @@ impl Sentinels {
 
 impl Drop for Sentinels {
     fn drop(&mut self) {
+        // SIGKILL ends a stopped process too.
         for c in &mut self.sentinels {
             let _ = c.kill();
             let _ = c.wait();

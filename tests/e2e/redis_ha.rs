@@ -1,5 +1,5 @@
 //! The Redis store when Redis itself fails over: a real Sentinel setup (1 primary, 1 replica,
-//! 3 `redis-sentinel`s) whose primary is killed mid-flow, and a real 3-primary Redis Cluster
+//! 3 `redis-sentinel`s) whose primary is killed mid-flow while its first sentinel hangs, and a real 3-primary Redis Cluster
 //! whose grant slot is resharded and whose node is restarted mid-flow, each behind two gateway
 //! instances. Every answer in between must be 503 `temporarily_unavailable` with `Retry-After`
 //! or a correct answer for the grant's state; the flow then completes. The `DRILL` lines are
@@ -152,11 +152,15 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
         })
     };
 
+    // The first sentinel of the configuration hangs (connections accepted, nothing answered):
+    // the other two still make the failover, and the gateway must not wait for the first.
+    setup.freeze(0);
+
     // Kill the primary mid-flow, and poll through the failover.
     let killed = Instant::now();
     setup.kill(old);
     // When the sentinels name the replica, watched every 50 ms beside the polls.
-    let sentinel = setup.sentinel_ports[0];
+    let sentinel = setup.awake_sentinel();
     let watcher = std::thread::spawn(move || {
         while killed.elapsed() < Duration::from_secs(60) {
             let named = redis_ha::sentinel_cli(
@@ -230,7 +234,9 @@ async fn the_gateway_follows_a_sentinel_failover_mid_flow() {
     // The flow completes on the promoted primary.
     complete_once(&env, &b, &device_code, &user_code, "sentinel-failover").await;
 
-    // The old primary comes back as a replica of the new one; new flows go on meanwhile.
+    // The frozen sentinel wakes, and the old primary comes back as a replica of the new one;
+    // new flows go on meanwhile.
+    setup.thaw(0);
     setup.restart(old);
     redis_ha::wait_until(
         "the old primary turned replica",
