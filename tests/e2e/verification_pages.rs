@@ -193,10 +193,12 @@ async fn a_client_disabled_while_its_grant_waits_cannot_be_approved() {
         "action": "enter",
     }))
     .await;
-    assert_eq!(report["status"], 403, "{report}");
-    assert_eq!(
-        s(&report["title"]),
-        "This application is not allowed",
+    // Either the page refuses the disabled client, or, when the new process's sweep (every
+    // 5 s) came first on a slow machine, the grant is already denied: never a consent page.
+    let refused = (report["status"].as_u64(), s(&report["title"]));
+    assert!(
+        refused == (Some(403), "This application is not allowed")
+            || refused == (Some(400), "This request was denied"),
         "{report}"
     );
     // New authorizations are refused, and the waiting device is refused too.
