@@ -282,12 +282,29 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// How many multiplexed connections to open to a primary, and how each reconnects.
+struct Pools {
+    size: usize,
+    config: ConnectionManagerConfig,
+}
+
+impl Pools {
+    /// Connections to `server`, opened lazily (inside the runtime that first uses them).
+    fn open(&self, server: &redis::Client) -> Result<Vec<ConnectionManager>, StoreError> {
+        (0..self.size)
+            .map(|_| ConnectionManager::new_lazy_with_config(server.clone(), self.config.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(unavailable)
+    }
+}
+
 /// How the store reaches Redis.
 enum Link {
     /// One server: a pool of multiplexed connections, opened on first use inside the server's
     /// runtime.
     Standalone {
         client: redis::Client,
+        pools: Pools,
         pool: OnceCell<Vec<ConnectionManager>>,
     },
     Sentinel(Arc<Sentinel>),
@@ -304,8 +321,7 @@ struct Sentinel {
     clients: Vec<tokio::sync::Mutex<SentinelClient>>,
     /// One lookup at a time; requests that waited take its answer.
     lookup: tokio::sync::Mutex<()>,
-    manager_config: ConnectionManagerConfig,
-    pool_size: usize,
+    pools: Pools,
     master_name: String,
     /// The primary's address and the pool open to it.
     current: RwLock<Option<(String, Arc<Vec<ConnectionManager>>)>>,
@@ -337,16 +353,7 @@ impl Sentinel {
                 return Ok(pool);
             }
         }
-        let pool = (0..self.pool_size)
-            .map(|_| {
-                ConnectionManager::new_lazy_with_config(
-                    primary.clone(),
-                    self.manager_config.clone(),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(unavailable)
-            .map(Arc::new)?;
+        let pool = Arc::new(self.pools.open(&primary)?);
         let before = self
             .current
             .write()
@@ -414,8 +421,6 @@ impl Sentinel {
 /// Grant storage in Redis shared by every gateway instance.
 pub struct RedisStore {
     link: Link,
-    manager_config: ConnectionManagerConfig,
-    pool_size: usize,
     next: AtomicUsize,
     prefix: String,
     retain_ms: u64,
@@ -440,7 +445,15 @@ fn certificates(cfg: &config::Redis) -> Option<redis::TlsCertificates> {
     })
 }
 
-fn link(cfg: &config::Redis, manager_config: &ConnectionManagerConfig) -> Result<Link, String> {
+fn link(cfg: &config::Redis) -> Result<Link, String> {
+    let pools = || Pools {
+        size: cfg.pool_size,
+        config: ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.command_timeout))
+            .set_response_timeout(Some(cfg.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(cfg.command_timeout),
+    };
     use redis::IntoConnectionInfo;
     let info = cfg.url.expose().into_connection_info().map_err(bad_url)?;
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
@@ -452,6 +465,7 @@ fn link(cfg: &config::Redis, manager_config: &ConnectionManagerConfig) -> Result
                 Some(certs) => redis::Client::build_with_tls(cfg.url.expose(), certs),
             }
             .map_err(bad_url)?,
+            pools: pools(),
             pool: OnceCell::new(),
         },
         RedisMode::Sentinel {
@@ -508,8 +522,7 @@ fn link(cfg: &config::Redis, manager_config: &ConnectionManagerConfig) -> Result
             Link::Sentinel(Arc::new(Sentinel {
                 clients,
                 lookup: tokio::sync::Mutex::new(()),
-                manager_config: manager_config.clone(),
-                pool_size: cfg.pool_size,
+                pools: pools(),
                 master_name: master_name.clone(),
                 current: RwLock::new(None),
                 suspect: AtomicBool::new(false),
@@ -557,15 +570,8 @@ impl RedisStore {
         retain_for: Duration,
         max_pending: u64,
     ) -> Result<Self, String> {
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.command_timeout))
-            .set_response_timeout(Some(cfg.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(cfg.command_timeout);
         Ok(Self {
-            link: link(cfg, &manager_config)?,
-            manager_config,
-            pool_size: cfg.pool_size,
+            link: link(cfg)?,
             next: AtomicUsize::new(0),
             prefix: cfg.key_prefix.clone(),
             retain_ms: u64::try_from(retain_for.as_millis())
@@ -610,20 +616,14 @@ impl RedisStore {
     /// One connection: round robin over the primary's pool, or the Cluster connection.
     async fn conn(&self) -> Result<Conn, StoreError> {
         match &self.link {
-            Link::Standalone { client, pool } => {
+            Link::Standalone {
+                client,
+                pools,
+                pool,
+            } => {
                 let pool = pool
-                    .get_or_try_init(|| async {
-                        (0..self.pool_size)
-                            .map(|_| {
-                                ConnectionManager::new_lazy_with_config(
-                                    client.clone(),
-                                    self.manager_config.clone(),
-                                )
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .await
-                    .map_err(unavailable)?;
+                    .get_or_try_init(|| async { pools.open(client) })
+                    .await?;
                 self.pick(pool)
             }
             Link::Sentinel(sentinel) => self.pick(&sentinel.pool().await?),
