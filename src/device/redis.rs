@@ -1282,6 +1282,66 @@ mod tests {
         .await;
     }
 
+    /// A Cluster shard failing over: the primary holding a grant is killed; until its replica
+    /// is promoted every read of that grant is `Unavailable` (never "not found"), and then the
+    /// promoted replica serves it, updates included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_cluster_shard_failover_is_followed() {
+        let mut cluster = tokio::task::spawn_blocking(redis_ha::Cluster::start_with_replicas)
+            .await
+            .unwrap();
+        let (url, rest) = cluster.url_with_password(redis_ha::PASSWORD);
+        let mode = RedisMode::Cluster {
+            nodes: nodes(&rest),
+        };
+        let mut cfg = ha_options(mode, url, "fo:");
+        cfg.command_timeout = Duration::from_millis(500);
+        let store = RedisStore::new(&cfg, Duration::from_secs(600), 100).unwrap();
+        let mut g = grant(1000);
+        g.device_code_hash = crate::device::code::hash_device_code("shard failover");
+        store.insert(&g).await.unwrap();
+        let key = format!("fo:grant:{}", g.device_code_hash);
+        let primary = cluster.owner(&key);
+        let replica = cluster.replica_of(primary);
+        redis_ha::wait_until("the replica in step", Duration::from_secs(10), || {
+            cluster.dbsize(replica) == cluster.dbsize(primary)
+        });
+
+        cluster.kill(primary);
+        let killed = std::time::Instant::now();
+        let mut unavailable = 0;
+        loop {
+            assert!(killed.elapsed() < Duration::from_secs(60), "no failover");
+            match store.get(Key::DeviceCodeHash(&g.device_code_hash)).await {
+                Ok(Some(found)) => {
+                    assert_eq!(found, g);
+                    break;
+                }
+                Ok(None) => panic!("the grant was reported gone during the failover"),
+                Err(StoreError::Unavailable(_)) => unavailable += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "shard failover: {unavailable} reads Unavailable, then served by the promoted replica after {:?}",
+            killed.elapsed()
+        );
+        assert!(unavailable > 0, "the kill was never seen");
+        redis_ha::wait_until(
+            "the replica named the owner",
+            Duration::from_secs(10),
+            || cluster.owner(&key) == replica,
+        );
+        assert!(store
+            .update(Key::UserCode(&g.user_code), &mut |g| g.last_poll =
+                Some(1002))
+            .await
+            .unwrap());
+        let found = store.get(Key::Id(&g.id)).await.unwrap().unwrap();
+        assert_eq!(found.last_poll, Some(1002));
+    }
+
     /// TLS to every node: a Cluster whose nodes (and bus) speak TLS only, and a Sentinel setup
     /// whose sentinels and data nodes do. The store verifies each against the configured CA:
     /// with it the conformance suite passes, without it nothing is stored.

@@ -228,10 +228,19 @@ impl Cluster {
 
     /// With `tls`, every node speaks TLS only, the cluster bus too.
     pub fn start_with(tls: bool) -> Cluster {
+        Cluster::build(tls, 0)
+    }
+
+    /// Three primaries with one replica each: a primary that dies is replaced by its replica.
+    pub fn start_with_replicas() -> Cluster {
+        Cluster::build(false, 1)
+    }
+
+    fn build(tls: bool, replicas: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let tls = tls.then(|| Tls::make(dir.path()));
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        for i in 0..3 * (1 + replicas) {
             let port = free_pair();
             let extra: Vec<String> = [
                 "--cluster-enabled",
@@ -276,7 +285,7 @@ impl Cluster {
                 "create",
             ])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create (apt-get install redis-tools)");
         assert!(
@@ -293,18 +302,65 @@ impl Cluster {
         c
     }
 
-    /// Until every node says the cluster is up and knows all three primaries.
+    /// Until every running node says the cluster is up and knows every node.
     pub fn wait_ok(&self) {
-        for n in &self.nodes {
+        let known = format!("cluster_known_nodes:{}", self.nodes.len());
+        // Every replica attached to its primary, as each running node sees it.
+        let replicas = self.nodes.len() - 3;
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             wait_until(
                 &format!("cluster_state:ok on {}", n.port),
                 Duration::from_secs(60),
                 || {
                     let info = n.cli(&["CLUSTER", "INFO"]);
-                    info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+                    let nodes = n.cli(&["CLUSTER", "NODES"]);
+                    let attached = nodes
+                        .lines()
+                        .filter(|l| l.contains("slave") && !l.contains("fail"))
+                        .count();
+                    info.contains("cluster_state:ok")
+                        && info.contains(&known)
+                        && attached >= replicas
                 },
             );
         }
+    }
+
+    /// A node that is running, to ask about the cluster.
+    fn alive(&self) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a node running")
+    }
+
+    /// The index of node `i`'s replica.
+    pub fn replica_of(&self, i: usize) -> usize {
+        let id = self.id(i);
+        let nodes = self.alive().cli(&["CLUSTER", "NODES"]);
+        let line = nodes
+            .lines()
+            .find(|l| l.split_whitespace().nth(3) == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("node {i} has no replica: {nodes}"));
+        self.index_of(line)
+    }
+
+    /// The index of the node a `CLUSTER NODES` line is about.
+    fn index_of(&self, line: &str) -> usize {
+        let port = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|a| a.split(['@', ':']).nth(1))
+            .and_then(|p| p.parse().ok());
+        self.nodes
+            .iter()
+            .position(|n| Some(n.port) == port)
+            .expect("one of ours")
+    }
+
+    /// The number of keys node `i` holds.
+    pub fn dbsize(&self, i: usize) -> String {
+        self.nodes[i].cli(&["DBSIZE"])
     }
 
     pub fn ports(&self) -> Vec<u16> {
@@ -330,13 +386,20 @@ impl Cluster {
     }
 
     fn id(&self, i: usize) -> String {
-        self.nodes[i].cli(&["CLUSTER", "MYID"])
+        let nodes = self.alive().cli(&["CLUSTER", "NODES"]);
+        let port = format!("127.0.0.1:{}@", self.nodes[i].port);
+        nodes
+            .lines()
+            .find(|l| l.contains(&port))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("node {i} not in {nodes}"))
+            .to_string()
     }
 
     /// The index of the node that serves `key`'s slot.
     pub fn owner(&self, key: &str) -> usize {
-        let slot = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]);
-        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
+        let slot = self.alive().cli(&["CLUSTER", "KEYSLOT", key]);
+        let nodes = self.alive().cli(&["CLUSTER", "NODES"]);
         let slot: u32 = slot.parse().expect("a slot number");
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -347,12 +410,7 @@ impl Cluster {
                 (lo..=hi).contains(&slot)
             });
             if serves {
-                let port = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok());
-                return self
-                    .nodes
-                    .iter()
-                    .position(|n| Some(n.port) == port)
-                    .expect("the owner is one of ours");
+                return self.index_of(line);
             }
         }
         panic!("no node serves slot {slot}: {nodes}");
