@@ -321,8 +321,6 @@ pub(super) fn validate_limits(errs: &mut Errors, l: Limits) -> Option<Limits> {
     (errs.0.len() == before).then_some(l)
 }
 
-/// Reads a PEM file holding at least one `-----BEGIN {label}` block (a label ending in it, such
-/// as `PRIVATE KEY` for `RSA PRIVATE KEY`, counts).
 /// `store.redis.mode` with `url` and the keys that go with the mode. The URL may carry a
 /// password: errors describe it but never repeat it.
 fn validate_redis_mode(errs: &mut Errors, r: &FileRedis) -> Option<RedisMode> {
@@ -442,6 +440,8 @@ fn nodes(errs: &mut Errors, key: &str, list: &[String], default_port: u16) -> Ve
     out
 }
 
+/// Reads a PEM file holding at least one `-----BEGIN {label}` block (a label ending in it, such
+/// as `PRIVATE KEY` for `RSA PRIVATE KEY`, counts).
 pub(super) fn read_pem(path: &str, label: &str) -> Result<Vec<u8>, String> {
     let pem = read_small_file(path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let text = String::from_utf8_lossy(&pem);

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -455,12 +455,7 @@ impl Cluster {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             assert_eq!(src.cli(&args), "OK", "MIGRATE {keys:?}");
         }
-        SlotMove {
-            slot,
-            from,
-            to,
-            dst_id,
-        }
+        SlotMove { slot, dst_id }
     }
 
     /// Ends a move: every node assigns the slot to its new owner (clients get MOVED).
@@ -487,9 +482,7 @@ impl Cluster {
 
 /// A slot half moved by [`Cluster::begin_move`].
 pub struct SlotMove {
-    pub slot: String,
-    pub from: usize,
-    pub to: usize,
+    slot: String,
     dst_id: String,
 }
 
@@ -502,7 +495,7 @@ pub struct Sentinels {
     pub sentinel_ports: Vec<u16>,
     /// With TLS: the CA every node's and sentinel's certificate comes from.
     pub tls: Option<Tls>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Sentinels {
@@ -571,7 +564,7 @@ impl Sentinels {
             frozen: vec![false; 3],
             sentinel_ports,
             tls,
-            dir,
+            _dir: dir,
         };
         // A failover needs every sentinel to know the replica and the other sentinels.
         for &port in &s.sentinel_ports {
@@ -690,10 +683,6 @@ impl Sentinels {
         if let Some(n) = self.data.iter_mut().find(|n| n.port == port) {
             n.start();
         }
-    }
-
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 }
 
